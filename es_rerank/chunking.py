@@ -1,0 +1,104 @@
+"""Split documents into overlapping chunks measured in tokens.
+
+Chunks are cut at token boundaries of the embedder's own tokenizer (so a chunk of
+200 tokens fits its window), but the chunk text is the original text between the
+first and last token's character offsets: nothing is lower-cased or re-joined.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .errors import ConfigError
+
+Offsets = Sequence[tuple[int, int]]
+OffsetTokenizer = Callable[[str], Offsets]
+
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def word_offsets(text: str) -> list[tuple[int, int]]:
+    """A dependency-free tokenizer: words and single punctuation marks, as char spans."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+def hf_offsets(tokenizer) -> OffsetTokenizer:
+    """Wrap a Hugging Face (fast) tokenizer as an offset tokenizer, without special tokens."""
+
+    def offsets(text: str) -> Offsets:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        truncation=False, verbose=False)
+        return [tuple(span) for span in enc["offset_mapping"] if span[1] > span[0]]
+
+    return offsets
+
+
+def chunk_spans(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Token index ranges ``[start, end)`` covering ``n_tokens`` tokens.
+
+    Consecutive ranges share exactly ``overlap`` tokens, except that the last range
+    ends at ``n_tokens`` (it may share more). No range is empty.
+
+    Raises:
+        ConfigError: ``size`` < 1 or ``overlap`` not in ``[0, size)``.
+
+    Example:
+        >>> chunk_spans(10, 4, 1)
+        [(0, 4), (3, 7), (6, 10)]
+    """
+    if size < 1:
+        raise ConfigError(f"chunk size must be >= 1, got {size}")
+    if not 0 <= overlap < size:
+        raise ConfigError(f"chunk overlap must be >= 0 and < size ({size}), got {overlap}")
+    spans: list[tuple[int, int]] = []
+    start = 0
+    step = size - overlap
+    while start < n_tokens:
+        end = min(start + size, n_tokens)
+        spans.append((start, end))
+        if end == n_tokens:
+            break
+        start += step
+    return spans
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """A chunk's text and its character range in the document."""
+
+    text: str
+    char_start: int
+    char_end: int
+
+
+class Chunker:
+    """Split text into chunks of at most ``size`` tokens, ``overlap`` shared.
+
+    Args:
+        tokenize: Offset tokenizer. Defaults to :func:`word_offsets`; the indexer passes
+            the embedder's tokenizer so chunks fit its window.
+        size: Tokens per chunk. Defaults to 200 (fits MiniLM's 256-token window with a
+            title, and a 512-token cross-encoder with the query).
+        overlap: Tokens shared by consecutive chunks. Defaults to 40.
+
+    Example:
+        >>> [c.text for c in Chunker(size=3, overlap=1).split("a b c d e")]
+        ['a b c', 'c d e']
+    """
+
+    def __init__(self, tokenize: OffsetTokenizer | None = None, *, size: int = 200, overlap: int = 40):
+        chunk_spans(0, size, overlap)  # validates size and overlap now, not at the first document
+        self._tokenize = tokenize if tokenize is not None else word_offsets
+        self.size = size
+        self.overlap = overlap
+
+    def split(self, text: str) -> list[TextChunk]:
+        """Chunks of ``text``, in order; an empty list for text without tokens."""
+        offsets = self._tokenize(text)
+        chunks = []
+        for start, end in chunk_spans(len(offsets), self.size, self.overlap):
+            lo, hi = offsets[start][0], offsets[end - 1][1]
+            chunks.append(TextChunk(text[lo:hi], lo, hi))
+        return chunks

@@ -1,0 +1,254 @@
+"""The ``es-rerank`` command line: a thin layer over the library; the only place that prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import textwrap
+from typing import Any
+
+import click
+
+from .config import FUSION_MODES, SEARCH_MODES, Settings, connect
+from .errors import EsRerankError
+
+logger = logging.getLogger(__name__)
+
+
+def _fail_cleanly(fn):
+    """Turn library and transport errors into one-line messages with exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from elastic_transport import TransportError
+        from elasticsearch import ApiError
+
+        try:
+            return fn(*args, **kwargs)
+        except EsRerankError as e:
+            raise click.ClickException(str(e)) from e
+        except TransportError as e:
+            raise click.ClickException(f"Elasticsearch connection failed: {e.message}") from e
+        except ApiError as e:
+            raise click.ClickException(f"Elasticsearch error {e.meta.status}: {e.message}") from e
+
+    return wrapper
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    return Settings.from_env(**ctx.obj, **overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--url", envvar="ES_URL", default=None, help="Elasticsearch URL [env ES_URL; default http://127.0.0.1:9200].")
+@click.option("--index", "index", envvar="ES_RERANK_INDEX", default=None, help="Index name [env ES_RERANK_INDEX; default es-rerank].")
+@click.option("--embedding-model", envvar="ES_RERANK_EMBEDDING_MODEL", default=None,
+              help="Sentence-transformers model name or local path [env ES_RERANK_EMBEDDING_MODEL].")
+@click.option("--reranker-model", envvar="ES_RERANK_RERANKER_MODEL", default=None,
+              help="Cross-encoder model name or local path [env ES_RERANK_RERANKER_MODEL].")
+@click.option("--device", envvar="ES_RERANK_DEVICE", default=None, help="Torch device (cpu, cuda) [env ES_RERANK_DEVICE].")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.version_option(package_name="es-rerank")
+@click.pass_context
+def cli(ctx: click.Context, url, index, embedding_model, reranker_model, device, verbose):
+    """Two-stage retrieval for Elasticsearch: hybrid BM25 + kNN with RRF, then a reranker."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if verbose == 0:
+        # model loading draws its own progress bars; keep stderr for our bar and our reports
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"url": url, "index": index, "embedding_model": embedding_model,
+               "reranker_model": reranker_model, "device": device}
+
+
+# -- cluster -----------------------------------------------------------------------
+
+@cli.group()
+def cluster():
+    """Run a local single-node Elasticsearch without Docker (fetched from Maven Central)."""
+
+
+def _local_cluster(port: int | None):
+    from .cluster import LocalCluster
+
+    return LocalCluster(port=port)
+
+
+_port_option = click.option("--port", type=int, default=None, envvar="ES_RERANK_CLUSTER_PORT",
+                            help="HTTP port [env ES_RERANK_CLUSTER_PORT; default 9200].")
+
+
+@cluster.command("start")
+@_port_option
+@click.option("--timeout", type=float, default=180.0, help="Seconds to wait for the node to become healthy.")
+@_fail_cleanly
+def cluster_start(port, timeout):
+    """Fetch (once) and start the local node; a no-op when it already runs."""
+    c = _local_cluster(port)
+    url = c.start(timeout=timeout)
+    status = c.status()
+    click.echo(f"Elasticsearch {status['version']} is up at {url} (health {status['health']}); "
+               f"export ES_URL={url}")
+
+
+@cluster.command("stop")
+@_port_option
+@_fail_cleanly
+def cluster_stop(port):
+    """Stop the local node."""
+    stopped = _local_cluster(port).stop()
+    click.echo("stopped" if stopped else "not running")
+
+
+@cluster.command("status")
+@_port_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_fail_cleanly
+def cluster_status(port, as_json):
+    """Show whether the local node runs; exit 1 when it does not."""
+    status = _local_cluster(port).status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    elif status["running"]:
+        click.echo(f"running: Elasticsearch {status['version']} at {status['url']} (health {status['health']})")
+    else:
+        click.echo(f"not running at {status['url']}")
+    sys.exit(0 if status["running"] else 1)
+
+
+# -- index -------------------------------------------------------------------------
+
+@cli.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--recreate", is_flag=True, help="Delete the index first and build it anew.")
+@click.option("--skip-bad", is_flag=True, help="Exit 0 even when records were rejected (they are still reported).")
+@click.option("--chunk-tokens", type=int, default=None, envvar="ES_RERANK_CHUNK_TOKENS", help="Tokens per chunk [default 200].")
+@click.option("--chunk-overlap", type=int, default=None, envvar="ES_RERANK_CHUNK_OVERLAP", help="Tokens shared by neighbouring chunks [default 40].")
+@click.option("--embed-batch-size", type=int, default=None, envvar="ES_RERANK_EMBED_BATCH_SIZE", help="Chunks per embedding batch [default 32].")
+@click.option("--bulk-size", type=int, default=200, help="Actions per bulk request.")
+@click.option("--analyzer", default="standard", help="Analyzer for title and text (e.g. english, where installed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.pass_context
+@_fail_cleanly
+def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed_batch_size, bulk_size,
+              analyzer, as_json, progress):
+    """Chunk, embed and index documents from JSONL, CSV, .txt/.md files or folders.
+
+    JSONL lines hold id (or _id), text, and optionally title and metadata; CSV files
+    have a header with id and text (other columns become metadata); folders are read
+    for .txt and .md files. Every rejected record is reported with its line.
+    """
+    from tqdm import tqdm
+
+    from .chunking import Chunker, hf_offsets
+    from .embedding import SentenceTransformerEmbedder
+    from .indexing import ensure_index, index_documents
+    from .schema import load_mapping
+    from .sources import read_paths
+
+    s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size)
+    es = connect(s)
+    embedder = SentenceTransformerEmbedder(s.embedding_model, device=s.device, batch_size=s.embed_batch_size)
+    if recreate:
+        es.indices.delete(index=s.index, ignore_unavailable=True)
+    body = load_mapping(embedder.dimensions, analyzer=analyzer, hnsw_m=s.hnsw_m,
+                        hnsw_ef_construction=s.hnsw_ef_construction)
+    created = ensure_index(es, s.index, body, dims=embedder.dimensions)
+    chunker = Chunker(hf_offsets(embedder.tokenizer), size=s.chunk_tokens, overlap=s.chunk_overlap)
+    bar = tqdm(desc="indexing", unit="doc", disable=not progress, file=sys.stderr)
+
+    def on_progress(report):
+        bar.n = report.documents_read
+        bar.refresh()
+
+    try:
+        report = index_documents(es, read_paths(paths), index=s.index, embedder=embedder, chunker=chunker,
+                                 embed_batch_size=s.embed_batch_size, bulk_chunk_size=bulk_size,
+                                 replace_stale=not created, on_progress=on_progress)
+    finally:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"index {s.index}: {report.documents_read} documents read, {report.documents_indexed} indexed "
+                   f"as {report.chunks_indexed} chunks, {len(report.rejected)} rejected "
+                   f"({report.seconds:.1f}s, {report.docs_per_second:.1f} docs/s)")
+        if report.stale_chunks_deleted:
+            click.echo(f"removed {report.stale_chunks_deleted} chunks left over from longer earlier versions")
+        for r in report.rejected:
+            ident = f" id={r.doc_id}" if r.doc_id else ""
+            click.echo(f"rejected {r.where()}{ident}: {r.reason}", err=True)
+    if report.rejected and not skip_bad:
+        sys.exit(1)
+
+
+# -- query -------------------------------------------------------------------------
+
+def _parse_filters(pairs: tuple[str, ...]) -> dict[str, Any] | None:
+    filters: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--filter")
+        key, value = pair.split("=", 1)
+        filters[key.strip()] = value.split(",") if "," in value else value
+    return filters or None
+
+
+@cli.command("query")
+@click.argument("text")
+@click.option("--depth", type=int, default=None, help="Candidates to retrieve and rerank [env ES_RERANK_DEPTH; default 50].")
+@click.option("--final-k", type=int, default=None, help="Hits to return [env ES_RERANK_FINAL_K; default 5].")
+@click.option("--mode", type=click.Choice(SEARCH_MODES), default="hybrid", help="First-stage retrieval.")
+@click.option("--fusion", type=click.Choice(FUSION_MODES), default=None, envvar="ES_RERANK_FUSION",
+              help="RRF on the server, in Python, or detect [default auto].")
+@click.option("--no-rerank", is_flag=True, help="Return the retrieval order (no reranker).")
+@click.option("--normalize", is_flag=True, help="Report sigmoid(logit) in [0, 1] instead of raw reranker scores.")
+@click.option("--filter", "filter_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Metadata filter; repeat for AND, comma-separate values for OR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--explain", is_flag=True, help="Show retrieval rank -> rerank rank and both scores.")
+@click.pass_context
+@_fail_cleanly
+def query_cmd(ctx, text, depth, final_k, mode, fusion, no_rerank, normalize, filter_pairs, as_json, explain):
+    """Search: retrieve DEPTH candidates, rerank them, print the best FINAL_K."""
+    from .client import Searcher
+    from .rerankers import CrossEncoderReranker
+
+    # depth and final_k go to search(), which validates them with messages that say what to change.
+    s = _settings(ctx, fusion=fusion)
+    reranker = CrossEncoderReranker(s.reranker_model, device=s.device, batch_size=s.rerank_batch_size,
+                                    max_length=s.rerank_max_length, normalize=normalize)
+    searcher = Searcher(s, reranker=reranker)
+    result = searcher.search(text, depth=depth, final_k=final_k, filters=_parse_filters(filter_pairs),
+                             mode=mode, rerank=not no_rerank)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    _print_result(result, explain=explain)
+
+
+def _print_result(result, *, explain: bool) -> None:
+    t = result.timings
+    how = f"{result.mode}" + (f" ({result.fusion} RRF)" if result.fusion else "")
+    stage2 = f"reranked by {result.reranker}" if result.reranked else "not reranked"
+    click.echo(f"{len(result.hits)} of {result.candidates} candidates · {how} · {stage2}")
+    click.echo(f"retrieval {t.retrieval_ms:.0f} ms · rerank {t.rerank_ms:.0f} ms · total {t.total_ms:.0f} ms\n")
+    for pos, h in enumerate(result.hits, start=1):
+        snippet = textwrap.shorten(" ".join(h.text.split()), width=110, placeholder=" ...")
+        title = f"{h.title} " if h.title else ""
+        click.echo(f"{pos}. [{h.score:.3f}] {title}({h.chunk_id})")
+        click.echo(f"   {snippet}")
+        if explain:
+            rr = f"{h.rerank_rank}" if h.rerank_rank is not None else "-"
+            rs = f"{h.rerank_score:.4f}" if h.rerank_score is not None else "-"
+            click.echo(f"   retrieval rank {h.retrieval_rank} -> rerank rank {rr}; "
+                       f"retrieval score {h.retrieval_score:.4f}, rerank score {rs}")
+
+
+def main() -> None:
+    cli(prog_name="es-rerank")

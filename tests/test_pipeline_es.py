@@ -1,0 +1,137 @@
+"""The two stages against a real Elasticsearch: indexing, retrieval, fusion, reranking."""
+
+import json
+
+import pytest
+
+from es_rerank.client import Searcher
+from es_rerank.errors import IndexMissingError, MappingMismatchError, ValidationError
+from es_rerank import queries
+
+from conftest import SAMPLE
+
+pytestmark = pytest.mark.es
+
+
+def test_count_equals_reported_chunks(es, make_index, index_name):
+    report = make_index(index_name, SAMPLE)
+    n_docs = sum(1 for line in SAMPLE.read_text().splitlines() if line.strip())
+    assert report.documents_read == n_docs == report.documents_indexed
+    assert es.count(index=index_name)["count"] == report.chunks_indexed >= n_docs
+
+
+def test_reindex_replaces_never_duplicates(es, make_index, index_name):
+    first = make_index(index_name, SAMPLE)
+    second = make_index(index_name, SAMPLE)
+    assert second.chunks_indexed == first.chunks_indexed
+    assert es.count(index=index_name)["count"] == first.chunks_indexed
+
+
+def test_reindex_shorter_document_drops_stale_chunks(es, make_index, index_name, tmp_path):
+    p = tmp_path / "d.jsonl"
+    long_text = " ".join(f"token{i}" for i in range(400))
+    p.write_text(json.dumps({"id": "doc", "text": long_text}) + "\n")
+    first = make_index(index_name, p, chunk_tokens=50, chunk_overlap=10)
+    assert first.chunks_indexed > 3
+    p.write_text(json.dumps({"id": "doc", "text": "now short"}) + "\n")
+    second = make_index(index_name, p, chunk_tokens=50, chunk_overlap=10)
+    assert second.chunks_indexed == 1 and second.stale_chunks_deleted == first.chunks_indexed - 1
+    assert es.count(index=index_name)["count"] == 1
+
+
+def test_dims_mismatch_fails_before_writing(es, make_index, index_name):
+    from es_rerank.indexing import ensure_index
+    from es_rerank.schema import load_mapping
+
+    ensure_index(es, index_name, load_mapping(8), dims=8)
+    with pytest.raises(MappingMismatchError, match="dims are 8 in the index but the configured embedder produces 384"):
+        make_index(index_name, SAMPLE)
+    assert es.count(index=index_name)["count"] == 0
+
+
+def test_search_returns_final_k_sorted_with_both_scores(searcher):
+    result = searcher.search("what happens to my data if I close my account", depth=20, final_k=3)
+    assert result.reranked and result.candidates == 20 and len(result.hits) == 3
+    scores = [h.rerank_score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    for rank, h in enumerate(result.hits, start=1):
+        assert h.rerank_rank == rank and h.retrieval_rank >= 1 and h.retrieval_score > 0
+        assert h.doc_id and h.text and h.metadata.get("category")
+    t = result.timings
+    assert t.retrieval_ms > 0 and t.rerank_ms > 0 and t.total_ms >= t.retrieval_ms + t.rerank_ms
+
+
+def test_reranked_hits_are_the_top_scores_over_all_candidates(searcher, reranker):
+    """The returned hits are exactly the best final_k by reranker score among all depth candidates."""
+    q = "refund for a double charge"
+    candidates, _, _ = searcher.retrieve(q, depth=15)
+    from es_rerank.indexing import embedding_text
+
+    scores = reranker.score(q, [embedding_text(h.title, h.text) for h in candidates])
+    best = sorted(zip(scores, [h.chunk_id for h in candidates]), reverse=True)[:4]
+    result = searcher.search(q, depth=15, final_k=4)
+    assert [h.chunk_id for h in result.hits] == [cid for _, cid in best]
+    assert [h.rerank_score for h in result.hits] == pytest.approx([s for s, _ in best])
+
+
+def test_client_fusion_matches_rrf_by_hand(searcher, es, embedder, settings):
+    q = "cancel my subscription"
+    depth = 10
+    bm25 = es.search(index=settings.index, **queries.bm25_body(q, size=depth))["hits"]["hits"]
+    knn = es.search(index=settings.index, **queries.knn_body(embedder.embed_query(q), size=depth))["hits"]["hits"]
+    by_hand: dict[str, float] = {}
+    for hits in (bm25, knn):
+        for rank, h in enumerate(hits, start=1):
+            by_hand[h["_id"]] = by_hand.get(h["_id"], 0.0) + 1.0 / (60 + rank)
+    top = sorted(by_hand.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]  # the fused list keeps depth hits
+    hits, _, used = searcher.retrieve(q, depth=depth, fusion="client")
+    assert used == "client"
+    assert [h.chunk_id for h in hits] == [cid for cid, _ in top]
+    assert [h.retrieval_score for h in hits] == pytest.approx([score for _, score in top])
+    assert [h.retrieval_rank for h in hits] == list(range(1, depth + 1))
+
+
+def test_auto_fusion_detects_and_remembers(searcher):
+    _, _, used = searcher.retrieve("billing", depth=5, fusion="auto")
+    assert used in ("server", "client")
+    assert searcher._server_rrf is (used == "server")
+    _, _, again = searcher.retrieve("billing", depth=5, fusion="auto")
+    assert again == used
+
+
+def test_no_rerank_keeps_retrieval_order(searcher):
+    result = searcher.search("two-factor authentication", depth=10, final_k=4, rerank=False)
+    assert not result.reranked and result.timings.rerank_ms == 0
+    assert [h.retrieval_rank for h in result.hits] == [1, 2, 3, 4]
+    assert all(h.rerank_score is None for h in result.hits)
+
+
+@pytest.mark.parametrize("mode", ["bm25", "knn"])
+def test_single_modes(searcher, mode):
+    result = searcher.search("storage full", depth=8, final_k=3, mode=mode, rerank=False)
+    assert result.mode == mode and result.fusion is None and len(result.hits) == 3
+    scores = [h.retrieval_score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_filters_apply_to_both_retrievers(searcher):
+    for fusion in ("client", "auto"):
+        result = searcher.search("account", depth=10, final_k=5, filters={"category": "billing"}, fusion=fusion)
+        assert result.hits and {h.metadata["category"] for h in result.hits} == {"billing"}
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"query": "  "}, "query is empty"),
+    ({"query": "x", "depth": 5, "final_k": 8}, r"final_k must be <= depth, got 8 > 5"),
+    ({"query": "x", "final_k": 0}, "final_k must be >= 1"),
+    ({"query": "x", "depth": 10_001, "final_k": 5}, r"exceeds the index's max_result_window \(10000\)"),
+])
+def test_validation(searcher, kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        searcher.search(**kwargs)
+
+
+def test_missing_index(settings, es, embedder, reranker):
+    s = Searcher(settings.replace(index="no-such-index-xyz"), es=es, embedder=embedder, reranker=reranker)
+    with pytest.raises(IndexMissingError, match="index 'no-such-index-xyz' does not exist"):
+        s.search("anything")

@@ -1,0 +1,28 @@
+"""The server version, the client pin and the compose image move together."""
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+from es_rerank._versions import ES_VERSION
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _major_minor(v: str) -> tuple[int, int]:
+    major, minor = v.split(".")[:2]
+    return int(major), int(minor)
+
+
+def test_installed_client_matches_server_major_minor():
+    assert _major_minor(version("elasticsearch")) == _major_minor(ES_VERSION)
+
+
+def test_pyproject_pin_matches_server():
+    major, minor = _major_minor(ES_VERSION)
+    assert f'"elasticsearch>={major}.{minor},<{major}.{minor + 1}"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_compose_image_matches_server():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert re.search(rf"elasticsearch/elasticsearch:{re.escape(ES_VERSION)}\b", compose)
