@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .config import FUSION_MODES, SEARCH_MODES, Settings, connect
+from .config import FUSION_MODES, RERANKER_KINDS, SEARCH_MODES, Settings, connect
 from .errors import EsRerankError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ def _fail_cleanly(fn):
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
-    return Settings.from_env(**ctx.obj, **overrides)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings.from_env(**{**ctx.obj, **given})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -143,35 +144,8 @@ def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed
     have a header with id and text (other columns become metadata); folders are read
     for .txt and .md files. Every rejected record is reported with its line.
     """
-    from tqdm import tqdm
-
-    from .chunking import Chunker, hf_offsets
-    from .embedding import SentenceTransformerEmbedder
-    from .indexing import ensure_index, index_documents
-    from .schema import load_mapping
-    from .sources import read_paths
-
     s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size)
-    es = connect(s)
-    embedder = SentenceTransformerEmbedder(s.embedding_model, device=s.device, batch_size=s.embed_batch_size)
-    if recreate:
-        es.indices.delete(index=s.index, ignore_unavailable=True)
-    body = load_mapping(embedder.dimensions, analyzer=analyzer, hnsw_m=s.hnsw_m,
-                        hnsw_ef_construction=s.hnsw_ef_construction)
-    created = ensure_index(es, s.index, body, dims=embedder.dimensions)
-    chunker = Chunker(hf_offsets(embedder.tokenizer), size=s.chunk_tokens, overlap=s.chunk_overlap)
-    bar = tqdm(desc="indexing", unit="doc", disable=not progress, file=sys.stderr)
-
-    def on_progress(report):
-        bar.n = report.documents_read
-        bar.refresh()
-
-    try:
-        report = index_documents(es, read_paths(paths), index=s.index, embedder=embedder, chunker=chunker,
-                                 embed_batch_size=s.embed_batch_size, bulk_chunk_size=bulk_size,
-                                 replace_stale=not created, on_progress=on_progress)
-    finally:
-        bar.close()
+    report = _index(s, paths, recreate=recreate, analyzer=analyzer, bulk_size=bulk_size, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -185,6 +159,27 @@ def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed
             click.echo(f"rejected {r.where()}{ident}: {r.reason}", err=True)
     if report.rejected and not skip_bad:
         sys.exit(1)
+
+
+def _index(s: Settings, paths, *, recreate: bool, analyzer: str = "standard", bulk_size: int = 200,
+           progress: bool = True):
+    from tqdm import tqdm
+
+    from .embedding import SentenceTransformerEmbedder
+    from .indexing import index_paths
+
+    embedder = SentenceTransformerEmbedder(s.embedding_model, device=s.device, batch_size=s.embed_batch_size)
+    bar = tqdm(desc="indexing", unit="doc", disable=not progress, file=sys.stderr)
+
+    def on_progress(report):
+        bar.n = report.documents_read
+        bar.refresh()
+
+    try:
+        return index_paths(connect(s), paths, settings=s, embedder=embedder, recreate=recreate,
+                           analyzer=analyzer, bulk_chunk_size=bulk_size, on_progress=on_progress)
+    finally:
+        bar.close()
 
 
 # -- query -------------------------------------------------------------------------
@@ -206,7 +201,13 @@ def _parse_filters(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--mode", type=click.Choice(SEARCH_MODES), default="hybrid", help="First-stage retrieval.")
 @click.option("--fusion", type=click.Choice(FUSION_MODES), default=None, envvar="ES_RERANK_FUSION",
               help="RRF on the server, in Python, or detect [default auto].")
-@click.option("--no-rerank", is_flag=True, help="Return the retrieval order (no reranker).")
+@click.option("--reranker", "reranker_kind", type=click.Choice(RERANKER_KINDS), default=None,
+              help="Second stage [env ES_RERANK_RERANKER; default cross-encoder].")
+@click.option("--instructions", default=None,
+              help="LLM rerankers: extra instructions for the prompt, e.g. 'prefer recent documents'.")
+@click.option("--allow-reranker-failures", is_flag=True, default=None,
+              help="On a reranker failure print the retrieval order (reranked: false) instead of failing.")
+@click.option("--no-rerank", is_flag=True, help="Return the retrieval order (same as --reranker none).")
 @click.option("--normalize", is_flag=True, help="Report sigmoid(logit) in [0, 1] instead of raw reranker scores.")
 @click.option("--filter", "filter_pairs", multiple=True, metavar="KEY=VALUE",
               help="Metadata filter; repeat for AND, comma-separate values for OR.")
@@ -214,18 +215,22 @@ def _parse_filters(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--explain", is_flag=True, help="Show retrieval rank -> rerank rank and both scores.")
 @click.pass_context
 @_fail_cleanly
-def query_cmd(ctx, text, depth, final_k, mode, fusion, no_rerank, normalize, filter_pairs, as_json, explain):
+def query_cmd(ctx, text, depth, final_k, mode, fusion, reranker_kind, instructions, allow_reranker_failures,
+              no_rerank, normalize, filter_pairs, as_json, explain):
     """Search: retrieve DEPTH candidates, rerank them, print the best FINAL_K."""
     from .client import Searcher
-    from .rerankers import CrossEncoderReranker
+    from .rerankers import build_reranker
 
     # depth and final_k go to search(), which validates them with messages that say what to change.
-    s = _settings(ctx, fusion=fusion)
-    reranker = CrossEncoderReranker(s.reranker_model, device=s.device, batch_size=s.rerank_batch_size,
-                                    max_length=s.rerank_max_length, normalize=normalize)
+    s = _settings(ctx, fusion=fusion, reranker="none" if no_rerank else reranker_kind,
+                  allow_reranker_failures=allow_reranker_failures)
+    reranker = None
+    if s.reranker != "none":
+        reranker = build_reranker(s.reranker, s, normalize=normalize, instructions=instructions)
     searcher = Searcher(s, reranker=reranker)
+    searcher.load_models(rerank=reranker is not None)
     result = searcher.search(text, depth=depth, final_k=final_k, filters=_parse_filters(filter_pairs),
-                             mode=mode, rerank=not no_rerank)
+                             mode=mode, rerank=reranker is not None)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return
@@ -236,8 +241,15 @@ def _print_result(result, *, explain: bool) -> None:
     t = result.timings
     how = f"{result.mode}" + (f" ({result.fusion} RRF)" if result.fusion else "")
     stage2 = f"reranked by {result.reranker}" if result.reranked else "not reranked"
+    if result.rerank_error:
+        stage2 += f" (reranker failed: {result.rerank_error}; showing the retrieval order)"
     click.echo(f"{len(result.hits)} of {result.candidates} candidates · {how} · {stage2}")
-    click.echo(f"retrieval {t.retrieval_ms:.0f} ms · rerank {t.rerank_ms:.0f} ms · total {t.total_ms:.0f} ms\n")
+    line = f"retrieval {t.retrieval_ms:.0f} ms · rerank {t.rerank_ms:.0f} ms · total {t.total_ms:.0f} ms"
+    if result.usage:
+        u = result.usage
+        line += (f" · LLM: {u['requests']} requests, {u['prompt_tokens'] + u['completion_tokens']} tokens, "
+                 f"{u['fallbacks']} fallbacks")
+    click.echo(line + "\n")
     for pos, h in enumerate(result.hits, start=1):
         snippet = textwrap.shorten(" ".join(h.text.split()), width=110, placeholder=" ...")
         title = f"{h.title} " if h.title else ""
@@ -252,3 +264,147 @@ def _print_result(result, *, explain: bool) -> None:
 
 def main() -> None:
     cli(prog_name="es-rerank")
+
+
+# -- evaluation --------------------------------------------------------------------
+
+def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):
+    """Load the collection, index its corpus when needed, and return (settings, data, searcher)."""
+    from pathlib import Path
+
+    from .client import Searcher
+    from .evaluate.data import load_beir
+
+    index = ctx.obj.get("index") or f"eval-{Path(data_dir).resolve().name}"
+    s = _settings(ctx, index=index)
+    data = load_beir(data_dir, split)
+    if data.unknown_query_ids:
+        click.echo(f"warning: {len(data.unknown_query_ids)} judged query ids are not in queries.jsonl "
+                   "(left out)", err=True)
+    if data.unknown_doc_ids:
+        click.echo(f"warning: {len(data.unknown_doc_ids)} judged document ids are not in corpus.jsonl "
+                   "(they count as misses)", err=True)
+    es = connect(s)
+    if reindex or not es.indices.exists(index=s.index):
+        click.echo(f"indexing {data.corpus_path} into {s.index} ...", err=True)
+        report = _index(s, [str(data.corpus_path)], recreate=True, progress=progress)
+        # one segment: kNN over a merged HNSW graph gives the same answers run after run
+        es.indices.forcemerge(index=s.index, max_num_segments=1)
+        click.echo(f"indexed {report.documents_indexed} documents as {report.chunks_indexed} chunks "
+                   f"in {report.seconds:.0f}s ({len(report.rejected)} rejected)", err=True)
+    return s, data, Searcher(s, es=es)
+
+
+def _rerankers(s: Settings, names: tuple[str, ...], instructions: str | None = None) -> dict:
+    from .rerankers import build_reranker
+
+    return {name: build_reranker(name, s, instructions=instructions) for name in dict.fromkeys(names)
+            if name != "none"}
+
+
+def _progress_bar(desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="query", disable=not enabled, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+_data_options = [
+    click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+                 help="Collection in BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),
+    click.option("--split", default="test", help="Qrels split."),
+    click.option("--final-k", type=int, default=5, help="The k users see."),
+    click.option("--fusion", type=click.Choice(FUSION_MODES), default=None, help="Hybrid fusion [default auto]."),
+    click.option("--reindex", is_flag=True, help="Index the corpus again even if the index exists."),
+    click.option("--max-queries", type=int, default=None, help="Only the first N queries (file order)."),
+    click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+                 help="Write results.json, results.md (and the plot) here."),
+    click.option("--progress/--no-progress", default=True, help="Show progress on stderr."),
+]
+
+
+def _with_data_options(fn):
+    for option in reversed(_data_options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command("eval")
+@_with_data_options
+@click.option("--depth", type=int, default=50, help="Candidates retrieved and reranked.")
+@click.option("--reranker", "reranker_names", multiple=True, default=("cross-encoder",),
+              type=click.Choice(RERANKER_KINDS),
+              help="Reranker(s) to evaluate on the hybrid candidates. Repeatable.")
+@click.option("--instructions", default=None, help="LLM rerankers: extra instructions for the prompt.")
+@click.pass_context
+@_fail_cleanly
+def eval_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_dir, progress, depth, reranker_names,
+             instructions):
+    """Recall, nDCG and latency of BM25, kNN, hybrid and hybrid + reranker on a BEIR split."""
+    from pathlib import Path
+
+    from .evaluate.report import eval_table, write_eval
+    from .evaluate.runner import run_eval
+
+    s, data, searcher = _eval_setup(ctx, data_dir, split, reindex, progress)
+    rerankers = _rerankers(s, reranker_names, instructions)
+    bar, update = _progress_bar("evaluating", progress)
+    try:
+        report = run_eval(searcher, data, depth=depth, final_k=final_k, rerankers=rerankers, fusion=fusion,
+                          max_queries=max_queries, on_query=update)
+    finally:
+        bar.close()
+    report.environment["reranker_model"] = s.reranker_model
+    click.echo(f"{report.queries} queries of {Path(data_dir).name}/{split}, depth {depth}, final_k {final_k}, "
+               f"reranker model {s.reranker_model}\n")
+    click.echo(eval_table(report))
+    click.echo("\n" + report.gap["summary"])
+    click.echo(f"\nwall time {report.wall_seconds:.0f}s")
+    if out_dir:
+        for path in write_eval(report, Path(out_dir)):
+            click.echo(f"wrote {path}")
+
+
+@cli.command("sweep")
+@_with_data_options
+@click.option("--depths", default="20,50,100", help="Comma-separated depths.")
+@click.option("--tolerance", type=float, default=0.01,
+              help="Recommended depth: smallest whose reranked recall@k is within this of the best.")
+@click.option("--reranker", "reranker_name", type=click.Choice(RERANKER_KINDS[:-1]), default="cross-encoder",
+              help="The reranker to sweep.")
+@click.pass_context
+@_fail_cleanly
+def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_dir, progress, depths, tolerance,
+              reranker_name):
+    """Rerank at several depths: recall@k and added latency against depth, plus a plot."""
+    from pathlib import Path
+
+    from .evaluate.report import sweep_sentence, sweep_table, write_sweep
+    from .evaluate.runner import run_sweep
+
+    try:
+        depth_list = [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {depths!r}", param_hint="--depths") from None
+    s, data, searcher = _eval_setup(ctx, data_dir, split, reindex, progress)
+    reranker = _rerankers(s, (reranker_name,))[reranker_name]
+    bar, update = _progress_bar("sweeping", progress)
+    try:
+        report = run_sweep(searcher, data, depths=depth_list, final_k=final_k, reranker=reranker,
+                           reranker_name=reranker_name, tolerance=tolerance, fusion=fusion,
+                           max_queries=max_queries, on_query=update)
+    finally:
+        bar.close()
+    report.environment["reranker_model"] = s.reranker_model
+    click.echo(sweep_table(report))
+    click.echo("\n" + sweep_sentence(report))
+    click.echo(f"\nwall time {report.wall_seconds:.0f}s")
+    if out_dir:
+        for path in write_sweep(report, Path(out_dir)):
+            click.echo(f"wrote {path}")

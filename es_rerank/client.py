@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Mapping, Sequence
 
 from elastic_transport import ConnectionError as TransportConnectionError
@@ -24,7 +26,7 @@ from .embedding import Embedder, SentenceTransformerEmbedder
 from .errors import ClusterError, ConfigError, IndexMissingError, RerankerError, ValidationError
 from .fusion import reciprocal_rank_fusion
 from .indexing import embedding_text
-from .rerankers import CrossEncoderReranker, Reranker
+from .rerankers import Reranker, build_reranker
 from .types import Hit, SearchResult, Timings
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class Searcher:
             self.settings.embedding_model, device=self.settings.device,
             batch_size=self.settings.embed_batch_size)
         self._reranker = reranker
+        self._pool: ThreadPoolExecutor | None = None
         self._server_rrf: bool | None = None
         self._max_window: int | None = None
         self._lock = threading.Lock()
@@ -122,15 +125,37 @@ class Searcher:
         return f"Searcher(index={self.settings.index!r}, url={self.settings.url!r})"
 
     @property
-    def reranker(self) -> Reranker:
-        if self._reranker is None:
+    def reranker(self) -> Reranker | None:
+        """The reranker (built from ``settings.reranker`` on first use); None when that is ``none``."""
+        if self._reranker is None and self.settings.reranker != "none":
             with self._lock:
                 if self._reranker is None:
-                    s = self.settings
-                    self._reranker = CrossEncoderReranker(s.reranker_model, device=s.device,
-                                                          batch_size=s.rerank_batch_size,
-                                                          max_length=s.rerank_max_length)
+                    self._reranker = build_reranker(self.settings.reranker, self.settings)
         return self._reranker
+
+    def _score(self, reranker: Reranker, query: str, hits: Sequence[Hit]) -> list[float]:
+        texts = [embedding_text(h.title, h.text) for h in hits]
+        timeout = self.settings.rerank_timeout
+        if timeout is None:
+            return reranker.score(query, texts)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="es-rerank")
+        future = self._pool.submit(reranker.score, query, texts)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            # the worker cannot be interrupted; its result is discarded when it ends
+            raise RerankerError(f"reranker {reranker.name} took longer than {timeout:g}s "
+                                "(ES_RERANK_RERANK_TIMEOUT)") from None
+
+    def load_models(self, *, rerank: bool = True) -> None:
+        """Load the embedder (and the reranker) now, so that the first search's timings
+        measure the search, not the model loading."""
+        _ = self.embedder.dimensions
+        if rerank and self.reranker is not None:
+            model = getattr(self.reranker, "model", None)  # lazy backends load on attribute access
+            del model
 
     # -- validation -------------------------------------------------------------
 
@@ -280,7 +305,9 @@ class Searcher:
                 ``depth`` beyond the index's ``max_result_window``.
             IndexMissingError: The index does not exist.
             ClusterError: Elasticsearch is unreachable or too slow.
-            RerankerError: The reranker failed to load or score.
+            RerankerError: The reranker failed to load, to score, or in time, and
+                ``settings.allow_reranker_failures`` is off (when on, the retrieval order
+                comes back with ``reranked=False`` and ``rerank_error`` saying why).
         """
         depth = self.settings.depth if depth is None else depth
         final_k = self.settings.final_k if final_k is None else final_k
@@ -288,14 +315,27 @@ class Searcher:
         query = self._validate(query, depth, final_k, mode)
         candidates, timings, used = self.retrieve(query, depth=depth, mode=mode, filters=filters, fusion=fusion)
         rerank_ms = 0.0
-        if rerank and candidates:
-            reranker = self.reranker
+        reranker = self.reranker if rerank else None
+        reranked, error, usage = False, None, None
+        hits = candidates[:final_k]
+        if reranker is not None and candidates:
+            before = reranker.usage() if hasattr(reranker, "usage") else None
             t0 = time.perf_counter()
-            scores = reranker.score(query, [embedding_text(h.title, h.text) for h in candidates])
-            hits = rerank_hits(candidates, scores, final_k)
+            try:
+                scores = self._score(reranker, query, candidates)
+                hits = rerank_hits(candidates, scores, final_k)
+                reranked = True
+            except Exception as e:  # any backend failure: a model, a network, a bug
+                if not self.settings.allow_reranker_failures:
+                    if isinstance(e, RerankerError):
+                        raise
+                    raise RerankerError(f"reranker {reranker.name} failed: {e}") from e
+                error = f"{type(e).__name__}: {e}"
+                logger.warning("reranker failed, returning the retrieval order: %s", error)
             rerank_ms = _ms(time.perf_counter() - t0)
-        else:
-            hits = candidates[:final_k]
+            if before is not None:
+                after = reranker.usage()
+                usage = {k: after[k] - before.get(k, 0) for k in after}
         total_ms = _ms(time.perf_counter() - started)
         return SearchResult(
             query=query,
@@ -303,8 +343,10 @@ class Searcher:
             candidates=len(candidates),
             mode=mode,
             fusion=used,
-            reranked=bool(rerank and candidates),
-            reranker=self.reranker.name if rerank else None,
+            reranked=reranked,
+            reranker=reranker.name if reranker is not None else None,
             timings=Timings(embed_ms=timings.embed_ms, retrieval_ms=timings.retrieval_ms,
                             rerank_ms=rerank_ms, total_ms=total_ms),
+            rerank_error=error,
+            usage=usage,
         )

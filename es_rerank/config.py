@@ -69,11 +69,23 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "embed_batch_size": ("ES_RERANK_EMBED_BATCH_SIZE", _parse_int),
     "rerank_batch_size": ("ES_RERANK_RERANK_BATCH_SIZE", _parse_int),
     "rerank_max_length": ("ES_RERANK_MAX_LENGTH", _parse_int),
+    "reranker": ("ES_RERANK_RERANKER", str),
+    "allow_reranker_failures": ("ES_RERANK_ALLOW_RERANKER_FAILURES", _parse_bool),
+    "rerank_timeout": ("ES_RERANK_RERANK_TIMEOUT", _parse_float),
+    "llm_base_url": ("ES_RERANK_LLM_BASE_URL", str),
+    "llm_model": ("ES_RERANK_LLM_MODEL", str),
+    "llm_api_key": ("ES_RERANK_LLM_API_KEY", str),
+    "llm_timeout": ("ES_RERANK_LLM_TIMEOUT", _parse_float),
+    "llm_concurrency": ("ES_RERANK_LLM_CONCURRENCY", _parse_int),
+    "llm_instructions": ("ES_RERANK_LLM_INSTRUCTIONS", str),
+    "listwise_window": ("ES_RERANK_LISTWISE_WINDOW", _parse_int),
+    "listwise_step": ("ES_RERANK_LISTWISE_STEP", _parse_int),
     "hnsw_m": ("ES_RERANK_HNSW_M", _parse_int),
     "hnsw_ef_construction": ("ES_RERANK_HNSW_EF_CONSTRUCTION", _parse_int),
 }
 
-_SECRET_FIELDS = ("api_key", "password")
+_SECRET_FIELDS = ("api_key", "password", "llm_api_key")
+RERANKER_KINDS = ("cross-encoder", "llm", "listwise", "none")
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,18 @@ class Settings:
         embed_batch_size: Chunks per embedding batch. Defaults to 32.
         rerank_batch_size: Pairs per cross-encoder batch. Defaults to 32.
         rerank_max_length: Token limit of a (query, chunk) pair; None keeps the model's.
+        reranker: ``cross-encoder`` (default), ``llm``, ``listwise`` or ``none``.
+        allow_reranker_failures: On a reranker failure return the retrieval order
+            (``reranked: false`` and the reason) instead of raising. Defaults to False.
+        rerank_timeout: Seconds the reranking stage may take; None means no limit.
+        llm_base_url: OpenAI-compatible API root for the LLM rerankers.
+        llm_model: Model name sent to that API. Defaults to ``local``.
+        llm_api_key: Bearer token for that API; never shown in ``repr``.
+        llm_timeout: Seconds per LLM request. Defaults to 60.
+        llm_concurrency: LLM requests in flight at once (pointwise). Defaults to 4.
+        llm_instructions: Free text folded into the LLM prompts ("prefer recent documents").
+        listwise_window: Candidates per listwise call. Defaults to 20.
+        listwise_step: Listwise window step. Defaults to 10.
         hnsw_m: HNSW ``m`` for the vector field. Defaults to 16.
         hnsw_ef_construction: HNSW ``ef_construction``. Defaults to 100.
     """
@@ -125,6 +149,17 @@ class Settings:
     embed_batch_size: int = 32
     rerank_batch_size: int = 32
     rerank_max_length: int | None = None
+    reranker: str = "cross-encoder"
+    allow_reranker_failures: bool = False
+    rerank_timeout: float | None = None
+    llm_base_url: str = "http://127.0.0.1:8080/v1"
+    llm_model: str = "local"
+    llm_api_key: str | None = field(default=None, repr=False)
+    llm_timeout: float = 60.0
+    llm_concurrency: int = 4
+    llm_instructions: str | None = None
+    listwise_window: int = 20
+    listwise_step: int = 10
     hnsw_m: int = 16
     hnsw_ef_construction: int = 100
 
@@ -147,6 +182,10 @@ class Settings:
             )
         if self.request_timeout <= 0:
             raise ConfigError(f"request_timeout must be > 0, got {self.request_timeout}")
+        if self.reranker not in RERANKER_KINDS:
+            raise ConfigError(f"reranker must be one of {', '.join(RERANKER_KINDS)}, got {self.reranker!r}")
+        if self.rerank_timeout is not None and self.rerank_timeout <= 0:
+            raise ConfigError(f"rerank_timeout must be > 0, got {self.rerank_timeout}")
         if self.api_key is not None and self.username is not None:
             raise ConfigError("set either ES_API_KEY or ES_USERNAME/ES_PASSWORD, not both")
         if (self.username is None) != (self.password is None):

@@ -230,3 +230,43 @@ def _stale_chunks(es: Elasticsearch, index: str, n_chunks: dict[str, int]) -> li
     resp = es.search(index=index, query={"bool": {"should": should, "minimum_should_match": 1}},
                      size=10_000, source=False)
     return [h["_id"] for h in resp["hits"]["hits"]]
+
+
+def index_paths(
+    es: Elasticsearch,
+    paths: Iterable[str],
+    *,
+    settings,
+    embedder,
+    recreate: bool = False,
+    analyzer: str = "standard",
+    bulk_chunk_size: int = 200,
+    on_progress: Callable[[IndexReport], None] | None = None,
+) -> IndexReport:
+    """Create (or check) the index from settings, then read, chunk, embed and index ``paths``.
+
+    Args:
+        es: Client.
+        paths: Files or folders (see :func:`es_rerank.sources.read_paths`).
+        settings: :class:`es_rerank.config.Settings` (index, chunking, HNSW options).
+        embedder: The embedder (its dims size the vector field; its tokenizer measures chunks).
+        recreate: Delete the index first. Defaults to False.
+        analyzer: Analyzer of ``title`` and ``text``. Defaults to ``standard``.
+        bulk_chunk_size: Actions per bulk request. Defaults to 200.
+        on_progress: Passed to :func:`index_documents`.
+    """
+    from .chunking import Chunker, hf_offsets
+    from .schema import load_mapping
+    from .sources import read_paths
+
+    if recreate:
+        es.indices.delete(index=settings.index, ignore_unavailable=True)
+    body = load_mapping(embedder.dimensions, analyzer=analyzer, hnsw_m=settings.hnsw_m,
+                        hnsw_ef_construction=settings.hnsw_ef_construction)
+    created = ensure_index(es, settings.index, body, dims=embedder.dimensions)
+    tokenizer = getattr(embedder, "tokenizer", None)
+    chunker = Chunker(hf_offsets(tokenizer) if tokenizer is not None else None,
+                      size=settings.chunk_tokens, overlap=settings.chunk_overlap)
+    return index_documents(es, read_paths(paths), index=settings.index, embedder=embedder, chunker=chunker,
+                           embed_batch_size=settings.embed_batch_size, bulk_chunk_size=bulk_chunk_size,
+                           replace_stale=not created, on_progress=on_progress)

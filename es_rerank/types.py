@@ -107,6 +107,8 @@ class SearchResult:
         reranked: Whether the reranker ordered the hits.
         reranker: Name of the reranker used, or None.
         timings: Per-stage milliseconds.
+        rerank_error: Why reranking failed, when failures were allowed; else None.
+        usage: LLM rerankers: requests, prompt/completion tokens and fallbacks of this search.
     """
 
     query: str
@@ -117,6 +119,8 @@ class SearchResult:
     reranked: bool
     reranker: str | None
     timings: Timings
+    rerank_error: str | None = None
+    usage: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +129,8 @@ class SearchResult:
             "fusion": self.fusion,
             "reranked": self.reranked,
             "reranker": self.reranker,
+            "rerank_error": self.rerank_error,
+            "usage": dict(self.usage) if self.usage is not None else None,
             "candidates": self.candidates,
             "timings": self.timings.to_dict(),
             "hits": [h.to_dict() for h in self.hits],

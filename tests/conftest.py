@@ -104,17 +104,13 @@ def settings(es_url, index_name, embedding_model_path, cross_encoder_path):
 
 @pytest.fixture
 def make_index(es, embedder):
-    """Create an index and load documents from paths; returns the report."""
-    from es_rerank.chunking import Chunker, hf_offsets
-    from es_rerank.indexing import ensure_index, index_documents
-    from es_rerank.schema import load_mapping
-    from es_rerank.sources import read_paths
+    """Create (or check) an index and load documents from paths; returns the report."""
+    from es_rerank.config import Settings
+    from es_rerank.indexing import index_paths
 
     def _make(index, *paths, chunk_tokens=200, chunk_overlap=40):
-        created = ensure_index(es, index, load_mapping(embedder.dimensions), dims=embedder.dimensions)
-        chunker = Chunker(hf_offsets(embedder.tokenizer), size=chunk_tokens, overlap=chunk_overlap)
-        return index_documents(es, read_paths(paths), index=index, embedder=embedder, chunker=chunker,
-                               replace_stale=not created)
+        s = Settings(index=index, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+        return index_paths(es, [str(p) for p in paths], settings=s, embedder=embedder)
 
     return _make
 

@@ -1,39 +1,59 @@
 """Rerankers behind one interface, created by name.
 
 Example:
-    >>> from es_rerank.rerankers import create_reranker
-    >>> ce = create_reranker("cross-encoder", model="path/to/model")  # loads lazily
+    >>> from es_rerank.config import Settings
+    >>> from es_rerank.rerankers import build_reranker
+    >>> build_reranker("cross-encoder", Settings(reranker_model="path/to/model")).name  # loads lazily
+    'cross-encoder:path/to/model'
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError
 from .base import Reranker
 from .cross_encoder import CrossEncoderReranker
+from .llm import ListwiseReranker, LLMConfig, LLMPointwiseReranker
 
-_REGISTRY: dict[str, Callable[..., Reranker]] = {
-    "cross-encoder": CrossEncoderReranker,
-}
+KINDS = ("cross-encoder", "llm", "listwise")
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`create_reranker` (besides ``none``)."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`build_reranker` (besides ``none``)."""
+    return list(KINDS)
 
 
-def create_reranker(kind: str, **options: Any) -> Reranker:
-    """Create a reranker by name.
+def llm_config(settings: Any) -> LLMConfig:
+    return LLMConfig(base_url=settings.llm_base_url, model=settings.llm_model, api_key=settings.llm_api_key,
+                     timeout=settings.llm_timeout, concurrency=settings.llm_concurrency)
+
+
+def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
+                   instructions: str | None = None) -> Reranker:
+    """Create a reranker of ``kind`` configured from settings.
+
+    Args:
+        kind: ``cross-encoder``, ``llm`` or ``listwise``.
+        settings: :class:`es_rerank.config.Settings`.
+        normalize: Cross-encoder only: sigmoid scores instead of raw logits.
+        instructions: LLM rerankers: overrides ``settings.llm_instructions``.
 
     Raises:
-        ConfigError: Unknown name (the message lists the known ones).
+        ConfigError: Unknown kind (the message lists the known ones).
     """
-    try:
-        factory = _REGISTRY[kind]
-    except KeyError:
-        raise ConfigError(f"unknown reranker {kind!r}; choose one of: {', '.join(available())}") from None
-    return factory(**options)
+    instructions = settings.llm_instructions if instructions is None else instructions
+    if kind == "cross-encoder":
+        return CrossEncoderReranker(settings.reranker_model, device=settings.device,
+                                    batch_size=settings.rerank_batch_size, max_length=settings.rerank_max_length,
+                                    normalize=normalize)
+    if kind == "llm":
+        return LLMPointwiseReranker(llm_config(settings), instructions=instructions)
+    if kind == "listwise":
+        return ListwiseReranker(llm_config(settings), window=settings.listwise_window, step=settings.listwise_step,
+                                instructions=instructions)
+    raise ConfigError(f"unknown reranker {kind!r}; choose one of: {', '.join(KINDS)}, none")
 
 
-__all__ = ["Reranker", "CrossEncoderReranker", "create_reranker", "available"]
+__all__ = ["Reranker", "CrossEncoderReranker", "LLMPointwiseReranker", "ListwiseReranker", "LLMConfig",
+           "build_reranker", "available"]

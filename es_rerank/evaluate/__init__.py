@@ -1,0 +1,1 @@
+"""Measure the pipeline on a BEIR collection: metrics, depth sweep, reports."""
