@@ -61,6 +61,8 @@ def cli(ctx: click.Context, url, index, embedding_model, reranker_model, device,
         # model loading draws its own progress bars; keep stderr for our bar and our reports
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # the transport logs each failed try with a traceback; our one-line error says it all
+        logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = {"url": url, "index": index, "embedding_model": embedding_model,
                "reranker_model": reranker_model, "device": device}
@@ -131,20 +133,23 @@ def cluster_status(port, as_json):
 @click.option("--chunk-overlap", type=int, default=None, envvar="ES_RERANK_CHUNK_OVERLAP", help="Tokens shared by neighbouring chunks [default 40].")
 @click.option("--embed-batch-size", type=int, default=None, envvar="ES_RERANK_EMBED_BATCH_SIZE", help="Chunks per embedding batch [default 32].")
 @click.option("--bulk-size", type=int, default=200, help="Actions per bulk request.")
+@click.option("--max-document-chars", type=int, default=None,
+              help="Reject longer documents [env ES_RERANK_MAX_DOCUMENT_CHARS; default 1000000].")
 @click.option("--analyzer", default="standard", help="Analyzer for title and text (e.g. english, where installed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 @_fail_cleanly
 def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed_batch_size, bulk_size,
-              analyzer, as_json, progress):
+              max_document_chars, analyzer, as_json, progress):
     """Chunk, embed and index documents from JSONL, CSV, .txt/.md files or folders.
 
     JSONL lines hold id (or _id), text, and optionally title and metadata; CSV files
     have a header with id and text (other columns become metadata); folders are read
     for .txt and .md files. Every rejected record is reported with its line.
     """
-    s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size)
+    s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size,
+                  max_document_chars=max_document_chars)
     report = _index(s, paths, recreate=recreate, analyzer=analyzer, bulk_size=bulk_size, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -302,6 +307,12 @@ def _rerankers(s: Settings, names: tuple[str, ...], instructions: str | None = N
             if name != "none"}
 
 
+def _command_line() -> str:
+    import shlex
+
+    return shlex.join(["es-rerank", *sys.argv[1:]])
+
+
 def _progress_bar(desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -361,6 +372,7 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_di
     finally:
         bar.close()
     report.environment["reranker_model"] = s.reranker_model
+    report.environment["command"] = _command_line()
     click.echo(f"{report.queries} queries of {Path(data_dir).name}/{split}, depth {depth}, final_k {final_k}, "
                f"reranker model {s.reranker_model}\n")
     click.echo(eval_table(report))
@@ -402,6 +414,7 @@ def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_d
     finally:
         bar.close()
     report.environment["reranker_model"] = s.reranker_model
+    report.environment["command"] = _command_line()
     click.echo(sweep_table(report))
     click.echo("\n" + sweep_sentence(report))
     click.echo(f"\nwall time {report.wall_seconds:.0f}s")

@@ -67,6 +67,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "chunk_tokens": ("ES_RERANK_CHUNK_TOKENS", _parse_int),
     "chunk_overlap": ("ES_RERANK_CHUNK_OVERLAP", _parse_int),
     "embed_batch_size": ("ES_RERANK_EMBED_BATCH_SIZE", _parse_int),
+    "max_document_chars": ("ES_RERANK_MAX_DOCUMENT_CHARS", _parse_int),
     "rerank_batch_size": ("ES_RERANK_RERANK_BATCH_SIZE", _parse_int),
     "rerank_max_length": ("ES_RERANK_MAX_LENGTH", _parse_int),
     "reranker": ("ES_RERANK_RERANKER", str),
@@ -74,6 +75,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "rerank_timeout": ("ES_RERANK_RERANK_TIMEOUT", _parse_float),
     "llm_base_url": ("ES_RERANK_LLM_BASE_URL", str),
     "llm_model": ("ES_RERANK_LLM_MODEL", str),
+    "llm_api": ("ES_RERANK_LLM_API", str),
     "llm_api_key": ("ES_RERANK_LLM_API_KEY", str),
     "llm_timeout": ("ES_RERANK_LLM_TIMEOUT", _parse_float),
     "llm_concurrency": ("ES_RERANK_LLM_CONCURRENCY", _parse_int),
@@ -111,6 +113,8 @@ class Settings:
         chunk_tokens: Chunk length in embedder tokens. Defaults to 200.
         chunk_overlap: Tokens shared by consecutive chunks. Defaults to 40.
         embed_batch_size: Chunks per embedding batch. Defaults to 32.
+        max_document_chars: Longer documents are rejected (each chunk costs an embedding).
+            Defaults to 1,000,000.
         rerank_batch_size: Pairs per cross-encoder batch. Defaults to 32.
         rerank_max_length: Token limit of a (query, chunk) pair; None keeps the model's.
         reranker: ``cross-encoder`` (default), ``llm``, ``listwise`` or ``none``.
@@ -119,6 +123,7 @@ class Settings:
         rerank_timeout: Seconds the reranking stage may take; None means no limit.
         llm_base_url: OpenAI-compatible API root for the LLM rerankers.
         llm_model: Model name sent to that API. Defaults to ``local``.
+        llm_api: ``chat`` (default) or ``completions`` (base models, servers without a chat template).
         llm_api_key: Bearer token for that API; never shown in ``repr``.
         llm_timeout: Seconds per LLM request. Defaults to 60.
         llm_concurrency: LLM requests in flight at once (pointwise). Defaults to 4.
@@ -147,6 +152,7 @@ class Settings:
     chunk_tokens: int = 200
     chunk_overlap: int = 40
     embed_batch_size: int = 32
+    max_document_chars: int = 1_000_000
     rerank_batch_size: int = 32
     rerank_max_length: int | None = None
     reranker: str = "cross-encoder"
@@ -154,6 +160,7 @@ class Settings:
     rerank_timeout: float | None = None
     llm_base_url: str = "http://127.0.0.1:8080/v1"
     llm_model: str = "local"
+    llm_api: str = "chat"
     llm_api_key: str | None = field(default=None, repr=False)
     llm_timeout: float = 60.0
     llm_concurrency: int = 4
@@ -238,7 +245,9 @@ class Settings:
 
     def es_client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``elasticsearch.Elasticsearch`` (holds secrets: never log it)."""
-        kwargs: dict[str, Any] = {"hosts": [self.url], "request_timeout": self.request_timeout}
+        # transient failures (connection reset, 429/502/503/504, timeouts) are retried by the client
+        kwargs: dict[str, Any] = {"hosts": [self.url], "request_timeout": self.request_timeout,
+                                  "max_retries": 3, "retry_on_timeout": True}
         if self.api_key is not None:
             kwargs["api_key"] = self.api_key
         if self.username is not None:

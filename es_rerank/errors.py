@@ -33,3 +33,11 @@ class RerankerError(EsRerankError):
 
 class InputError(EsRerankError):
     """A document source cannot be read at all (missing path, unknown format)."""
+
+
+class IndexingError(EsRerankError):
+    """Indexing stopped part-way; ``report`` says how far it got (what was acknowledged stays)."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report

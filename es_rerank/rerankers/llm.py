@@ -51,6 +51,9 @@ class LLMConfig:
         timeout: Seconds per request. Defaults to 60.
         retries: Extra attempts on connection errors, 429 and 5xx. Defaults to 2.
         concurrency: Requests in flight at once (pointwise). Defaults to 4.
+        api: ``chat`` (``/chat/completions``, for instruction-tuned models; default) or
+            ``completions`` (``/completions``, for base models or servers without a chat
+            template).
     """
 
     base_url: str = DEFAULT_BASE_URL
@@ -59,8 +62,11 @@ class LLMConfig:
     timeout: float = 60.0
     retries: int = 2
     concurrency: int = 4
+    api: str = "chat"
 
     def __post_init__(self) -> None:
+        if self.api not in ("chat", "completions"):
+            raise ConfigError(f"LLM api must be 'chat' or 'completions', got {self.api!r}")
         if self.timeout <= 0:
             raise ConfigError(f"LLM timeout must be > 0, got {self.timeout}")
         if self.retries < 0:
@@ -71,24 +77,30 @@ class LLMConfig:
     def __repr__(self) -> str:
         key = None if self.api_key is None else "***"
         return (f"LLMConfig(base_url={self.base_url!r}, model={self.model!r}, api_key={key!r}, "
-                f"timeout={self.timeout}, retries={self.retries}, concurrency={self.concurrency})")
+                f"timeout={self.timeout}, retries={self.retries}, concurrency={self.concurrency}, api={self.api!r})")
 
 
-class ChatClient:
-    """A minimal, thread-safe client for ``POST {base_url}/chat/completions``."""
+class LLMClient:
+    """A minimal, thread-safe client for the OpenAI-compatible text endpoints."""
 
     def __init__(self, config: LLMConfig):
         self.config = config
 
-    def complete(self, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
-        """Send one chat request; retry transient failures with exponential backoff.
+    def generate(self, prompt: str, **params: Any) -> dict[str, Any]:
+        """Send ``prompt`` as one user message (chat) or as the raw prompt (completions)."""
+        if self.config.api == "chat":
+            return self.post("/chat/completions", {"messages": [{"role": "user", "content": prompt}], **params})
+        return self.post("/completions", {"prompt": prompt, **params})
+
+    def post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a request; retry transient failures (connection, 429, 5xx) with exponential backoff.
 
         Raises:
             RerankerError: The server is unreachable, times out, or answers an error
                 after the retries (the message never includes the API key).
         """
-        url = self.config.base_url.rstrip("/") + "/chat/completions"
-        body = json.dumps({"model": self.config.model, "messages": messages, **params}).encode()
+        url = self.config.base_url.rstrip("/") + path
+        body = json.dumps({"model": self.config.model, **payload}).encode()
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
@@ -136,60 +148,88 @@ def _shorten(text: str, max_words: int) -> str:
 
 # -- pointwise -----------------------------------------------------------------------
 
-POINTWISE_SYSTEM = (
-    "You are a search relevance judge. Given a search query and a document, decide whether "
-    "the document answers or is clearly relevant to the query. Reply with exactly one word: Yes or No."
-)
+def pointwise_prompt(query: str, document: str, instructions: str | None = None) -> str:
+    """The relevance question for one candidate, ending where the answer goes.
 
-
-def pointwise_messages(query: str, document: str, instructions: str | None = None) -> list[dict[str, str]]:
-    """The chat messages for one relevance judgment.
+    Everything goes in one user turn (some chat templates drop system messages), with
+    two worked examples so that base models answer in the same Yes/No form.
 
     Example:
-        >>> pointwise_messages("q", "d")[1]["content"].splitlines()[0]
-        'Query: q'
+        >>> pointwise_prompt("q", "d").splitlines()[-3:]
+        ['Query: q', 'Document: d', 'Relevant:']
     """
-    system = POINTWISE_SYSTEM
+    head = "Judge whether each document is relevant to its search query. Answer Yes or No."
     if instructions:
-        system += f"\nAdditional instructions from the user: {instructions.strip()}"
-    user = f"Query: {query}\nDocument: {document}\nIs the document relevant to the query? Answer Yes or No."
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        head += f"\nAlso follow these instructions from the user: {' '.join(instructions.split())}"
+    return (f"{head}\n\n"
+            "Query: reset my password\nDocument: Choose Forgot password on the sign-in page.\nRelevant: Yes\n\n"
+            "Query: reset my password\nDocument: Paid plans keep file versions for 180 days.\nRelevant: No\n\n"
+            f"Query: {query}\nDocument: {document}\nRelevant:")
 
 
 def _token_word(token: str) -> str:
     return re.sub(r"[^a-z]", "", token.lower())
 
 
+def _first_token_alternatives(choice: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(token, logprob) pairs for the first generated token, from chat or completions logprobs."""
+    logprobs = choice.get("logprobs") or {}
+    content = logprobs.get("content")
+    if content:  # chat: [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]
+        first = content[0]
+        alts = first.get("top_logprobs") or [first]
+        return [(str(a.get("token", "")), float(a["logprob"])) for a in alts if "logprob" in a]
+    top = logprobs.get("top_logprobs")
+    if top and isinstance(top[0], Mapping):  # completions: [{token: logprob, ...}, ...]
+        return [(str(t), float(lp)) for t, lp in top[0].items() if lp is not None]
+    return []
+
+
 def pointwise_score(reply: Mapping[str, Any]) -> float | None:
-    """Turn a chat reply into a relevance score in [0, 1], or None when it cannot be read.
+    """Turn a reply into a relevance score in [0, 1], or None when it cannot be read.
 
     With log-probabilities: ``P(yes) / (P(yes) + P(no))`` over the first token's top
     alternatives (a word missing from the list gets the smallest listed probability,
-    an upper bound). Without: 1.0 for a reply starting with yes, 0.0 for no.
+    an upper bound). Without: 1.0 for an answer starting with yes, 0.0 for no.
     """
     try:
         choice = reply["choices"][0]
     except (KeyError, IndexError, TypeError):
         return None
-    content = (choice.get("message") or {}).get("content") or ""
-    logprobs = ((choice.get("logprobs") or {}).get("content") or [])
-    if logprobs:
-        top = logprobs[0].get("top_logprobs") or [logprobs[0]]
-        probs: dict[str, float] = {}
-        for alt in top:
-            word = _token_word(str(alt.get("token", "")))
-            if word in ("yes", "no") and "logprob" in alt:
-                probs[word] = probs.get(word, 0.0) + math.exp(float(alt["logprob"]))
-        if probs:
-            floor = min(math.exp(float(a["logprob"])) for a in top if "logprob" in a)
-            p_yes, p_no = probs.get("yes", floor), probs.get("no", floor)
-            return p_yes / (p_yes + p_no)
-    word = _token_word(content.strip().split()[0]) if content.strip() else ""
+    if not isinstance(choice, Mapping):
+        return None
+    text = choice.get("text")
+    if text is None:
+        text = (choice.get("message") or {}).get("content") or ""
+    alternatives = _first_token_alternatives(choice)
+    probs: dict[str, float] = {}
+    for token, logprob in alternatives:
+        word = _token_word(token)
+        if word in ("yes", "no"):
+            probs[word] = probs.get(word, 0.0) + math.exp(logprob)
+    if probs:
+        floor = min(math.exp(lp) for _, lp in alternatives)
+        p_yes, p_no = probs.get("yes", floor), probs.get("no", floor)
+        return p_yes / (p_yes + p_no)
+    word = _token_word(text.strip().split()[0]) if text.strip() else ""
     if word.startswith("yes"):
         return 1.0
     if word.startswith("no"):
         return 0.0
     return None
+
+
+def reply_text(reply: Mapping[str, Any]) -> str:
+    """The generated text of a chat or completions reply ('' when absent)."""
+    try:
+        choice = reply["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    if not isinstance(choice, Mapping):
+        return ""
+    if choice.get("text") is not None:
+        return str(choice["text"])
+    return str((choice.get("message") or {}).get("content") or "")
 
 
 class LLMPointwiseReranker:
@@ -211,7 +251,7 @@ class LLMPointwiseReranker:
         self.instructions = instructions
         self.max_words = max_words
         self.name = f"llm:{self.config.model}"
-        self._client = ChatClient(self.config)
+        self._client = LLMClient(self.config)
         self._usage = _Usage()
         self._pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="llm-rerank")
 
@@ -220,8 +260,11 @@ class LLMPointwiseReranker:
         return self._usage.snapshot()
 
     def _one(self, query: str, text: str) -> float:
-        messages = pointwise_messages(query, _shorten(text, self.max_words), self.instructions)
-        reply = self._client.complete(messages, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=10)
+        prompt = pointwise_prompt(query, _shorten(text, self.max_words), self.instructions)
+        if self.config.api == "chat":
+            reply = self._client.generate(prompt, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=10)
+        else:
+            reply = self._client.generate(prompt, max_tokens=1, temperature=0.0, logprobs=10)
         usage = reply.get("usage") or {}
         self._usage.add(requests=1, prompt_tokens=usage.get("prompt_tokens", 0),
                         completion_tokens=usage.get("completion_tokens", 0))
@@ -239,19 +282,19 @@ class LLMPointwiseReranker:
 
 # -- listwise ------------------------------------------------------------------------
 
-def listwise_messages(query: str, passages: Sequence[str], instructions: str | None = None) -> list[dict[str, str]]:
-    """RankGPT's prompt: numbered passages, then a request for an ``[i] > [j]`` ordering."""
+def listwise_prompt(query: str, passages: Sequence[str], instructions: str | None = None) -> str:
+    """RankGPT's request: numbered passages, then an ``[i] > [j]`` ordering, in one user turn."""
     n = len(passages)
-    system = ("You are RankGPT, an intelligent assistant that ranks passages by their relevance to a search query.")
-    if instructions:
-        system += f"\nAdditional instructions from the user: {instructions.strip()}"
     parts = [f"I will provide you with {n} passages, each indicated by a numerical identifier []. "
-             f"Rank the passages based on their relevance to the search query: {query}\n"]
-    parts += [f"[{i}] {p}" for i, p in enumerate(passages, start=1)]
+             f"Rank the passages based on their relevance to the search query: {query}"]
+    if instructions:
+        parts.append(f"Also follow these instructions from the user: {' '.join(instructions.split())}")
+    parts.append("")
+    parts += [f"[{i}] {' '.join(p.split())}" for i, p in enumerate(passages, start=1)]
     parts.append(f"\nSearch query: {query}\nRank the {n} passages above based on their relevance to the search "
                  "query, most relevant first. The output format should be [] > [], e.g., [2] > [1]. "
-                 "Only respond with the ranking, do not say anything else.")
-    return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(parts)}]
+                 "Only respond with the ranking, do not say anything else.\nRanking:")
+    return "\n".join(parts)
 
 
 @dataclass(frozen=True)
@@ -336,7 +379,7 @@ class ListwiseReranker:
         self.instructions = instructions
         self.max_words = max_words
         self.name = f"listwise:{self.config.model}"
-        self._client = ChatClient(self.config)
+        self._client = LLMClient(self.config)
         self._usage = _Usage()
         self.repairs = 0
 
@@ -349,15 +392,12 @@ class ListwiseReranker:
         for start, end in sliding_windows(len(texts), self.window, self.step):
             current = order[start:end]
             passages = [_shorten(texts[i], self.max_words) for i in current]
-            reply = self._client.complete(listwise_messages(query, passages, self.instructions),
+            reply = self._client.generate(listwise_prompt(query, passages, self.instructions),
                                           temperature=0.0, max_tokens=8 * len(current) + 16)
             usage = reply.get("usage") or {}
             self._usage.add(requests=1, prompt_tokens=usage.get("prompt_tokens", 0),
                             completion_tokens=usage.get("completion_tokens", 0))
-            try:
-                content = reply["choices"][0]["message"]["content"] or ""
-            except (KeyError, IndexError, TypeError):
-                content = ""
+            content = reply_text(reply)
             perm = parse_permutation(content, len(current))
             if not any(ch.isdigit() for ch in content):
                 self._usage.add(fallbacks=1)  # nothing usable: the window keeps its order
