@@ -170,10 +170,10 @@ def _index(s: Settings, paths, *, recreate: bool, analyzer: str = "standard", bu
            progress: bool = True):
     from tqdm import tqdm
 
-    from .embedding import SentenceTransformerEmbedder
+    from .embedding import build_embedder
     from .indexing import index_paths
 
-    embedder = SentenceTransformerEmbedder(s.embedding_model, device=s.device, batch_size=s.embed_batch_size)
+    embedder = build_embedder(s)
     bar = tqdm(desc="indexing", unit="doc", disable=not progress, file=sys.stderr)
 
     def on_progress(report):
@@ -303,7 +303,8 @@ def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):
 def _rerankers(s: Settings, names: tuple[str, ...], instructions: str | None = None) -> dict:
     from .rerankers import build_reranker
 
-    return {name: build_reranker(name, s, instructions=instructions) for name in dict.fromkeys(names)
+    # no score cache: every query's rerank latency is real
+    return {name: build_reranker(name, s, instructions=instructions, cache=False) for name in dict.fromkeys(names)
             if name != "none"}
 
 
@@ -421,3 +422,20 @@ def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_d
     if out_dir:
         for path in write_sweep(report, Path(out_dir)):
             click.echo(f"wrote {path}")
+
+
+@cli.command("export-onnx")
+@click.argument("model")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--kind", type=click.Choice(["cross-encoder", "embedder"]), default="cross-encoder")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model_int8.onnx.")
+@_fail_cleanly
+def export_onnx_cmd(model, out_dir, kind, quantize):
+    """Export MODEL (folder or hub name) to ONNX for the onnx / onnx-int8 backends."""
+    from .onnx_backend import export_onnx
+
+    for path in export_onnx(model, out_dir, kind=kind, quantize=quantize):
+        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    backend = "onnx-int8" if quantize else "onnx"
+    var = "ES_RERANK_RERANKER" if kind == "cross-encoder" else "ES_RERANK_EMBEDDING"
+    click.echo(f"use it with {var}_MODEL={out_dir} {var}_BACKEND={backend}")

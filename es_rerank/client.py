@@ -22,7 +22,7 @@ from elasticsearch import ApiError, Elasticsearch, NotFoundError
 
 from . import queries
 from .config import SEARCH_MODES, Settings, connect
-from .embedding import Embedder, SentenceTransformerEmbedder
+from .embedding import Embedder, build_embedder
 from .errors import ClusterError, ConfigError, IndexMissingError, RerankerError, ValidationError
 from .fusion import reciprocal_rank_fusion
 from .indexing import embedding_text
@@ -107,9 +107,7 @@ class Searcher:
                  embedder: Embedder | None = None, reranker: Reranker | None = None):
         self.settings = settings if settings is not None else Settings.from_env()
         self.es = es if es is not None else connect(self.settings)
-        self.embedder = embedder if embedder is not None else SentenceTransformerEmbedder(
-            self.settings.embedding_model, device=self.settings.device,
-            batch_size=self.settings.embed_batch_size)
+        self.embedder = embedder if embedder is not None else build_embedder(self.settings)
         self._reranker = reranker
         self._pool: ThreadPoolExecutor | None = None
         self._server_rrf: bool | None = None
@@ -122,7 +120,7 @@ class Searcher:
         return cls(Settings.from_env(**overrides))
 
     def __repr__(self) -> str:
-        return f"Searcher(index={self.settings.index!r}, url={self.settings.url!r})"
+        return f"Searcher(index={self.settings.index!r}, url={self.settings.safe_url!r})"
 
     @property
     def reranker(self) -> Reranker | None:
@@ -153,9 +151,8 @@ class Searcher:
         """Load the embedder (and the reranker) now, so that the first search's timings
         measure the search, not the model loading."""
         _ = self.embedder.dimensions
-        if rerank and self.reranker is not None:
-            model = getattr(self.reranker, "model", None)  # lazy backends load on attribute access
-            del model
+        if rerank and self.reranker is not None and hasattr(self.reranker, "load"):
+            self.reranker.load()
 
     # -- validation -------------------------------------------------------------
 
@@ -194,10 +191,10 @@ class Searcher:
         try:
             return fn(**kwargs)
         except ConnectionTimeout as e:
-            raise ClusterError(f"Elasticsearch at {self.settings.url} did not answer within "
+            raise ClusterError(f"Elasticsearch at {self.settings.safe_url} did not answer within "
                                f"{self.settings.request_timeout:g}s (ES_REQUEST_TIMEOUT)") from e
         except TransportConnectionError as e:
-            raise ClusterError(f"cannot reach Elasticsearch at {self.settings.url}: is it running? "
+            raise ClusterError(f"cannot reach Elasticsearch at {self.settings.safe_url}: is it running? "
                                "(`es-rerank cluster start` or set ES_URL)") from e
 
     def _search(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -207,7 +204,8 @@ class Searcher:
             raise IndexMissingError(f"index {self.settings.index!r} does not exist: "
                                     "create it with `es-rerank index PATH`") from e
 
-    def _msearch(self, bodies: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    def _msearch(self, bodies: Sequence[Mapping[str, Any]]) -> tuple[int, list[Mapping[str, Any]]]:
+        """Run the searches in one round trip; returns the server's ``took`` (ms) and the responses."""
         resp = self._call(self.es.msearch, searches=queries.msearch_searches(self.settings.index, bodies))
         out = []
         for r in resp["responses"]:
@@ -218,7 +216,7 @@ class Searcher:
                                             "create it with `es-rerank index PATH`")
                 raise ClusterError(f"search failed: {err}")
             out.append(r)
-        return out
+        return int(resp.get("took", 0)), out
 
     # -- retrieval --------------------------------------------------------------
 
@@ -250,19 +248,23 @@ class Searcher:
         vector = self.embedder.embed_query(query) if mode in ("hybrid", "knn") else None
         t1 = time.perf_counter()
         used = None
-        if mode == "bm25":
-            hits = _hits_from_response(self._search(queries.bm25_body(query, size=depth, filters=filters)))
-        elif mode == "knn":
-            hits = _hits_from_response(self._search(queries.knn_body(vector, size=depth, filters=filters)))
+        if mode in ("bm25", "knn"):
+            body = (queries.bm25_body(query, size=depth, filters=filters) if mode == "bm25"
+                    else queries.knn_body(vector, size=depth, filters=filters))
+            resp = self._search(body)
+            took = resp.get("took", 0)
+            hits = _hits_from_response(resp)
         else:
             use_server = fusion == "server" or (fusion == "auto" and self.server_rrf_available())
             if use_server:
                 body = queries.rrf_body(query, vector, depth=depth, rank_constant=self.settings.rank_constant,
                                         filters=filters)
-                hits = _hits_from_response(self._search(body))
+                resp = self._search(body)
+                took = resp.get("took", 0)
+                hits = _hits_from_response(resp)
                 used = "server"
             else:
-                bm25_resp, knn_resp = self._msearch([
+                took, (bm25_resp, knn_resp) = self._msearch([
                     queries.bm25_body(query, size=depth, filters=filters),
                     queries.knn_body(vector, size=depth, filters=filters),
                 ])
@@ -270,7 +272,7 @@ class Searcher:
                                  rank_constant=self.settings.rank_constant, window=depth)
                 used = "client"
         t2 = time.perf_counter()
-        return hits, Timings(embed_ms=_ms(t1 - t0), retrieval_ms=_ms(t2 - t0)), used
+        return hits, Timings(embed_ms=_ms(t1 - t0), retrieval_ms=_ms(t2 - t0), es_took_ms=float(took)), used
 
     # -- the two stages ---------------------------------------------------------
 
@@ -346,7 +348,7 @@ class Searcher:
             reranked=reranked,
             reranker=reranker.name if reranker is not None else None,
             timings=Timings(embed_ms=timings.embed_ms, retrieval_ms=timings.retrieval_ms,
-                            rerank_ms=rerank_ms, total_ms=total_ms),
+                            es_took_ms=timings.es_took_ms, rerank_ms=rerank_ms, total_ms=total_ms),
             rerank_error=error,
             usage=usage,
         )

@@ -71,6 +71,9 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "rerank_batch_size": ("ES_RERANK_RERANK_BATCH_SIZE", _parse_int),
     "rerank_max_length": ("ES_RERANK_MAX_LENGTH", _parse_int),
     "reranker": ("ES_RERANK_RERANKER", str),
+    "reranker_backend": ("ES_RERANK_RERANKER_BACKEND", str),
+    "embedding_backend": ("ES_RERANK_EMBEDDING_BACKEND", str),
+    "rerank_cache_size": ("ES_RERANK_RERANK_CACHE_SIZE", _parse_int),
     "allow_reranker_failures": ("ES_RERANK_ALLOW_RERANKER_FAILURES", _parse_bool),
     "rerank_timeout": ("ES_RERANK_RERANK_TIMEOUT", _parse_float),
     "llm_base_url": ("ES_RERANK_LLM_BASE_URL", str),
@@ -88,6 +91,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
 
 _SECRET_FIELDS = ("api_key", "password", "llm_api_key")
 RERANKER_KINDS = ("cross-encoder", "llm", "listwise", "none")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,11 @@ class Settings:
         rerank_batch_size: Pairs per cross-encoder batch. Defaults to 32.
         rerank_max_length: Token limit of a (query, chunk) pair; None keeps the model's.
         reranker: ``cross-encoder`` (default), ``llm``, ``listwise`` or ``none``.
+        reranker_backend: Cross-encoder runtime: ``torch`` (default), ``onnx`` or ``onnx-int8``
+            (the model folder then comes from ``es-rerank export-onnx``).
+        embedding_backend: Embedder runtime: ``torch`` (default), ``onnx`` or ``onnx-int8``.
+        rerank_cache_size: (query, chunk) scores the cross-encoder remembers; 0 turns the
+            cache off. Defaults to 10,000.
         allow_reranker_failures: On a reranker failure return the retrieval order
             (``reranked: false`` and the reason) instead of raising. Defaults to False.
         rerank_timeout: Seconds the reranking stage may take; None means no limit.
@@ -156,6 +165,9 @@ class Settings:
     rerank_batch_size: int = 32
     rerank_max_length: int | None = None
     reranker: str = "cross-encoder"
+    reranker_backend: str = "torch"
+    embedding_backend: str = "torch"
+    rerank_cache_size: int = 10_000
     allow_reranker_failures: bool = False
     rerank_timeout: float | None = None
     llm_base_url: str = "http://127.0.0.1:8080/v1"
@@ -191,6 +203,11 @@ class Settings:
             raise ConfigError(f"request_timeout must be > 0, got {self.request_timeout}")
         if self.reranker not in RERANKER_KINDS:
             raise ConfigError(f"reranker must be one of {', '.join(RERANKER_KINDS)}, got {self.reranker!r}")
+        for name in ("reranker_backend", "embedding_backend"):
+            if getattr(self, name) not in BACKENDS:
+                raise ConfigError(f"{name} must be one of {', '.join(BACKENDS)}, got {getattr(self, name)!r}")
+        if self.rerank_cache_size < 0:
+            raise ConfigError(f"rerank_cache_size must be >= 0, got {self.rerank_cache_size}")
         if self.rerank_timeout is not None and self.rerank_timeout <= 0:
             raise ConfigError(f"rerank_timeout must be > 0, got {self.rerank_timeout}")
         if self.api_key is not None and self.username is not None:
@@ -204,10 +221,24 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in _SECRET_FIELDS:
                 value = None if value is None else "***"
+            elif f.name == "url":
+                value = self.safe_url
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
     __str__ = __repr__
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without any ``user:password@`` part, for messages and logs."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        if parts.username is None and parts.password is None:
+            return self.url
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -110,3 +110,14 @@ class SentenceTransformerEmbedder:
 
     def embed_query(self, text: str) -> list[float]:
         return [float(x) for x in self.embed_documents([text])[0]]
+
+
+def build_embedder(settings) -> Embedder:
+    """The embedder the settings ask for: sentence-transformers on torch, or ONNX Runtime."""
+    if settings.embedding_backend == "torch":
+        return SentenceTransformerEmbedder(settings.embedding_model, device=settings.device,
+                                           batch_size=settings.embed_batch_size)
+    from .onnx_backend import OnnxEmbedder
+
+    return OnnxEmbedder(settings.embedding_model, batch_size=settings.embed_batch_size,
+                        file_name="model_int8.onnx" if settings.embedding_backend == "onnx-int8" else "model.onnx")

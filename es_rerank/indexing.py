@@ -8,6 +8,8 @@ duplicates them.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -195,8 +197,10 @@ def index_documents(
         if batch:
             yield from flush(batch)
 
+    # Chunking and embedding run in a producer thread, bulk requests in this one, so neither
+    # waits on the other (torch and Elasticsearch both release the GIL while they work).
     results = helpers.streaming_bulk(
-        es, actions(), chunk_size=bulk_chunk_size, raise_on_error=False, raise_on_exception=True,
+        es, _prefetch(actions(), maxsize=2 * bulk_chunk_size), chunk_size=bulk_chunk_size, raise_on_error=False, raise_on_exception=True,
         max_retries=5, initial_backoff=1, max_backoff=30,
     )
     try:
@@ -213,6 +217,51 @@ def index_documents(
             "is duplicated.", report) from e
     report.seconds = time.perf_counter() - started
     return report
+
+
+_DONE = object()
+
+
+def _prefetch(items: Iterator[Any], *, maxsize: int) -> Iterator[Any]:
+    """Iterate ``items`` in a background thread, at most ``maxsize`` ahead of the consumer.
+
+    An exception in the producer is re-raised in the consumer; closing the consumer stops
+    the producer at its next item.
+    """
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(e)
+
+    thread = threading.Thread(target=produce, name="es-rerank-embed", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def _record(ok: bool, item: dict, pending: "_Pending | None", report: IndexReport, finish) -> None:

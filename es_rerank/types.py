@@ -83,10 +83,15 @@ class Hit:
 
 @dataclass(frozen=True)
 class Timings:
-    """Milliseconds spent per stage of one search."""
+    """Milliseconds spent per stage of one search.
+
+    ``retrieval_ms`` is wall time of the first stage, query embedding included;
+    ``es_took_ms`` is the part Elasticsearch reports spending itself (``took``).
+    """
 
     embed_ms: float = 0.0
     retrieval_ms: float = 0.0
+    es_took_ms: float = 0.0
     rerank_ms: float = 0.0
     total_ms: float = 0.0
 

@@ -65,3 +65,9 @@ def test_every_env_var_is_in_the_readme():
     text = README.read_text()
     missing = [var for var, _ in ENV_VARS.values() if not re.search(rf"`{var}`", text)]
     assert missing == []
+
+
+def test_credentials_in_the_url_are_redacted():
+    s = Settings.from_env(env={"ES_URL": "https://elastic:url-secret-pw@es.example:9243"})
+    assert s.safe_url == "https://***@es.example:9243"
+    assert "url-secret-pw" not in repr(s)

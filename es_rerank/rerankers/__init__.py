@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Reranker
+from .cache import CachedReranker
 from .cross_encoder import CrossEncoderReranker
 from .llm import ListwiseReranker, LLMConfig, LLMPointwiseReranker
 
@@ -30,7 +31,7 @@ def llm_config(settings: Any) -> LLMConfig:
 
 
 def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
-                   instructions: str | None = None) -> Reranker:
+                   instructions: str | None = None, cache: bool = True) -> Reranker:
     """Create a reranker of ``kind`` configured from settings.
 
     Args:
@@ -38,15 +39,30 @@ def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
         settings: :class:`es_rerank.config.Settings`.
         normalize: Cross-encoder only: sigmoid scores instead of raw logits.
         instructions: LLM rerankers: overrides ``settings.llm_instructions``.
+        cache: Cross-encoder: put the bounded score cache (``settings.rerank_cache_size``)
+            in front. Benchmarks and sweeps turn it off so that latency is real.
 
     Raises:
         ConfigError: Unknown kind (the message lists the known ones).
     """
     instructions = settings.llm_instructions if instructions is None else instructions
     if kind == "cross-encoder":
-        return CrossEncoderReranker(settings.reranker_model, device=settings.device,
-                                    batch_size=settings.rerank_batch_size, max_length=settings.rerank_max_length,
-                                    normalize=normalize)
+        if settings.reranker_backend == "torch":
+            reranker: Reranker = CrossEncoderReranker(
+                settings.reranker_model, device=settings.device, batch_size=settings.rerank_batch_size,
+                max_length=settings.rerank_max_length, normalize=normalize)
+        else:
+            if normalize:
+                raise ConfigError("--normalize is available with the torch backend only")
+            from ..onnx_backend import OnnxCrossEncoder
+
+            reranker = OnnxCrossEncoder(
+                settings.reranker_model, batch_size=settings.rerank_batch_size,
+                file_name="model_int8.onnx" if settings.reranker_backend == "onnx-int8" else "model.onnx",
+                max_length=settings.rerank_max_length)
+        if cache and settings.rerank_cache_size:
+            reranker = CachedReranker(reranker, max_entries=settings.rerank_cache_size)
+        return reranker
     if kind == "llm":
         return LLMPointwiseReranker(llm_config(settings), instructions=instructions)
     if kind == "listwise":
@@ -55,5 +71,5 @@ def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
     raise ConfigError(f"unknown reranker {kind!r}; choose one of: {', '.join(KINDS)}, none")
 
 
-__all__ = ["Reranker", "CrossEncoderReranker", "LLMPointwiseReranker", "ListwiseReranker", "LLMConfig",
+__all__ = ["Reranker", "CachedReranker", "CrossEncoderReranker", "LLMPointwiseReranker", "ListwiseReranker", "LLMConfig",
            "build_reranker", "available"]

@@ -55,6 +55,10 @@ class CrossEncoderReranker:
                     self._model = self._load()
         return self._model
 
+    def load(self) -> None:
+        """Load the model now rather than at the first score."""
+        _ = self.model
+
     def _load(self):
         try:
             import torch

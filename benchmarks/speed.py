@@ -1,0 +1,270 @@
+"""Speed benchmark: reranking and indexing, each backend against the plain approach, one run.
+
+    python benchmarks/speed.py rerank --model ../shared/models/minilm-l6-scifact-ce --queries 20
+    python benchmarks/speed.py index  --docs 500
+    python benchmarks/speed.py query  --backend onnx-int8 --model DIR --depth 50
+
+Rerank: real SciFact candidates (hybrid retrieval from the ``eval-scifact`` index) at each
+depth are scored by
+
+- ``plain``: the chapter's code, ``CrossEncoder(model).predict(pairs)`` with default settings;
+- ``torch``: es-rerank's cross-encoder (raw logits, batches sorted by length);
+- ``onnx`` / ``onnx-int8``: ONNX Runtime fp32 / dynamically quantized int8 (exported here).
+
+Each backend runs in its own process (so peak memory is its own), with one untimed warm-up
+query. Printed: pairs/s, per-query latency p50/p95, peak RSS, speed-up against ``plain``,
+and fidelity against torch fp32 (mean Spearman of scores per query, mean top-5 overlap).
+Index: chunks of the first N SciFact documents embedded by each embedder alone, then
+indexed end to end; docs/s, the ratio of the two, and cosine agreement with torch fp32.
+It measures and prints; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _make_scorer(backend: str, model: str, onnx_dir: str):
+    if backend == "plain":
+        from sentence_transformers import CrossEncoder
+
+        ce = CrossEncoder(model)
+        return lambda q, texts: [float(x) for x in ce.predict([(q, t) for t in texts], show_progress_bar=False)]
+    if backend == "torch":
+        from es_rerank.rerankers import CrossEncoderReranker
+
+        return CrossEncoderReranker(model).score
+    from es_rerank.onnx_backend import OnnxCrossEncoder
+
+    file_name = "model_int8.onnx" if backend == "onnx-int8" else "model.onnx"
+    return OnnxCrossEncoder(onnx_dir, file_name=file_name).score
+
+
+def _rerank_worker(backend, model, onnx_dir, work, queue):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    score = _make_scorer(backend, model, onnx_dir)
+    score(work[0][1], work[0][2][:8])  # warm-up, untimed
+    out = []
+    for depth, query, texts in work:
+        t0 = time.perf_counter()
+        scores = score(query, texts)
+        out.append((depth, (time.perf_counter() - t0) * 1000, scores))
+    queue.put({"backend": backend, "results": out, "peak_mb": _peak_mb()})
+
+
+def _run_isolated(target, *args):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def _candidates(index: str, n_queries: int, depths: list[int]):
+    from es_rerank.client import Searcher
+    from es_rerank.config import Settings
+    from es_rerank.evaluate.data import load_beir
+    from es_rerank.indexing import embedding_text
+
+    data = load_beir(SCIFACT, "test", check_corpus=False)
+    searcher = Searcher(Settings.from_env(index=index, reranker="none"))
+    work = []
+    for qid in list(data.queries)[:n_queries]:
+        for depth in depths:
+            hits, _, _ = searcher.retrieve(data.queries[qid], depth=depth)
+            work.append((depth, data.queries[qid], [embedding_text(h.title, h.text) for h in hits]))
+    return work
+
+
+def _spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def _top5(a, b) -> float:
+    ta = set(np.argsort(-np.asarray(a), kind="stable")[:5])
+    tb = set(np.argsort(-np.asarray(b), kind="stable")[:5])
+    return len(ta & tb) / max(len(ta), 1)
+
+
+def bench_rerank(args) -> None:
+    from es_rerank.onnx_backend import export_onnx
+
+    depths = [int(d) for d in args.depths.split(",")]
+    onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="ce-onnx-")
+    if not (Path(onnx_dir) / "model_int8.onnx").is_file():
+        t0 = time.perf_counter()
+        export_onnx(args.model, onnx_dir, kind="cross-encoder", quantize="int8")
+        print(f"exported {args.model} to ONNX (+int8) in {time.perf_counter() - t0:.0f}s -> {onnx_dir}")
+    work = _candidates(args.index, args.queries, depths)
+    backends = args.backends.split(",")
+    runs = {b: _run_isolated(_rerank_worker, b, args.model, onnx_dir, work) for b in backends}
+    ref = runs["torch"]["results"] if "torch" in runs else None
+    report = {"model": args.model, "queries": args.queries, "cpu_threads": os.cpu_count(), "depths": {}}
+    for depth in depths:
+        rows = {}
+        for b, run in runs.items():
+            res = [(i, r) for i, r in enumerate(run["results"]) if r[0] == depth]
+            ms = [r[1] for _, r in res]
+            pairs = sum(len(r[2]) for _, r in res)
+            row = {"pairs_per_s": pairs / (sum(ms) / 1000), "p50_ms": float(np.percentile(ms, 50)),
+                   "p95_ms": float(np.percentile(ms, 95)), "peak_mb": run["peak_mb"]}
+            if ref is not None:
+                row["spearman"] = statistics.mean(_spearman(r[2], ref[i][2]) for i, r in res)
+                row["top5_overlap"] = statistics.mean(_top5(r[2], ref[i][2]) for i, r in res)
+            rows[b] = row
+        if "plain" in rows:
+            for row in rows.values():
+                row["speedup_vs_plain"] = rows["plain"]["p50_ms"] / row["p50_ms"]
+        report["depths"][depth] = rows
+        print(f"\ndepth {depth} ({args.queries} queries, {pairs // args.queries} pairs each)")
+        print(f"{'backend':<10} {'pairs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'peak MB':>8} {'speed-up':>8} "
+              f"{'Spearman':>9} {'top-5':>6}")
+        for b, row in rows.items():
+            print(f"{b:<10} {row['pairs_per_s']:>8.1f} {row['p50_ms']:>8.0f} {row['p95_ms']:>8.0f} "
+                  f"{row['peak_mb']:>8.0f} {row.get('speedup_vs_plain', float('nan')):>7.2f}x "
+                  f"{row.get('spearman', float('nan')):>9.4f} {row.get('top5_overlap', float('nan')):>6.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+def _embed_worker(kind, model_dir, texts, queue):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if kind == "plain":
+        from sentence_transformers import SentenceTransformer
+
+        from es_rerank.embedding import resolve_model
+
+        m = SentenceTransformer(resolve_model(model_dir))
+        embed = lambda xs: m.encode(xs, normalize_embeddings=True)  # noqa: E731
+    else:
+        from es_rerank.onnx_backend import OnnxEmbedder
+
+        e = OnnxEmbedder(model_dir, file_name="model_int8.onnx" if kind == "onnx-int8" else "model.onnx")
+        embed = e.embed_documents
+    embed(texts[:8])
+    t0 = time.perf_counter()
+    vectors = embed(texts)
+    queue.put({"kind": kind, "seconds": time.perf_counter() - t0, "vectors": np.asarray(vectors), "peak_mb": _peak_mb()})
+
+
+def bench_index(args) -> None:
+    from elasticsearch import Elasticsearch
+
+    from es_rerank.chunking import Chunker, hf_offsets
+    from es_rerank.config import Settings
+    from es_rerank.embedding import SentenceTransformerEmbedder, build_embedder
+    from es_rerank.indexing import embedding_text, index_paths
+    from es_rerank.onnx_backend import export_onnx
+
+    onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="emb-onnx-")
+    if not (Path(onnx_dir) / "model_int8.onnx").is_file():
+        export_onnx(args.embedder, onnx_dir, kind="embedder", quantize="int8")
+    corpus = Path(tempfile.mkdtemp()) / "corpus.jsonl"
+    with open(SCIFACT / "corpus.jsonl") as src, open(corpus, "w") as dst:
+        for _, line in zip(range(args.docs), src):
+            dst.write(line)
+    base = SentenceTransformerEmbedder(args.embedder)
+    chunker = Chunker(hf_offsets(base.tokenizer), size=200, overlap=40)
+    texts = []
+    for line in open(corpus):
+        doc = json.loads(line)
+        texts += [embedding_text(doc["title"], c.text) for c in chunker.split(doc["text"])]
+    print(f"{args.docs} documents -> {len(texts)} chunks")
+    alone = {k: _run_isolated(_embed_worker, k, args.embedder if k == "plain" else onnx_dir, texts)
+             for k in ("plain", "onnx", "onnx-int8")}
+    ref = alone["plain"]["vectors"]
+    es = Elasticsearch(os.environ.get("ES_URL", "http://127.0.0.1:9200"), request_timeout=60)
+    print(f"\n{'embedder':<10} {'alone docs/s':>12} {'end-to-end docs/s':>18} {'e2e/alone':>9} {'vs plain':>8} "
+          f"{'cos mean':>8} {'cos min':>8} {'peak MB':>8}")
+    for kind, run in alone.items():
+        alone_dps = args.docs / run["seconds"]
+        cos = np.sum(run["vectors"] * ref, axis=1)
+        backend = "torch" if kind == "plain" else kind
+        model = args.embedder if kind == "plain" else onnx_dir
+        s = Settings.from_env(index=f"bench-{uuid.uuid4().hex[:8]}", embedding_backend=backend, embedding_model=model)
+        report = index_paths(es, [str(corpus)], settings=s, embedder=build_embedder(s))
+        es.indices.delete(index=s.index)
+        e2e = report.documents_indexed / report.seconds
+        plain_dps = args.docs / alone["plain"]["seconds"]
+        print(f"{kind:<10} {alone_dps:>12.1f} {e2e:>18.1f} {e2e / alone_dps:>9.2f} {alone_dps / plain_dps:>7.2f}x "
+              f"{cos.mean():>8.4f} {cos.min():>8.4f} {run['peak_mb']:>8.0f}")
+
+
+def bench_query(args) -> None:
+    """Where a query's time goes at one depth: embedding, Elasticsearch, reranking, and the rest."""
+    from es_rerank.client import Searcher
+    from es_rerank.config import Settings
+    from es_rerank.evaluate.data import load_beir
+
+    data = load_beir(SCIFACT, "test", check_corpus=False)
+    s = Settings.from_env(index=args.index, reranker_model=args.model, reranker_backend=args.backend,
+                          rerank_cache_size=0)
+    searcher = Searcher(s)
+    searcher.load_models()
+    queries = list(data.queries.values())[: args.queries]
+    searcher.search(queries[0], depth=args.depth)  # warm-up
+    rows = [searcher.search(q, depth=args.depth, final_k=5).timings for q in queries]
+    total = sum(t.total_ms for t in rows)
+    parts = {
+        "query embedding": sum(t.embed_ms for t in rows),
+        "Elasticsearch (took)": sum(t.es_took_ms for t in rows),
+        "reranking (tokenize + model)": sum(t.rerank_ms for t in rows),
+    }
+    parts["Python layer (HTTP, JSON, fusion, hits)"] = total - sum(parts.values())
+    print(f"depth {args.depth}, backend {args.backend}, {len(rows)} queries, mean total {total / len(rows):.1f} ms")
+    for name, ms in parts.items():
+        print(f"  {name:<42} {ms / len(rows):>8.1f} ms  {100 * ms / total:>5.1f}%")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("rerank")
+    r.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "minilm-l6-scifact-ce"))
+    r.add_argument("--onnx-dir", default=None)
+    r.add_argument("--index", default="eval-scifact")
+    r.add_argument("--queries", type=int, default=20)
+    r.add_argument("--depths", default="20,50,100")
+    r.add_argument("--backends", default="plain,torch,onnx,onnx-int8")
+    r.add_argument("--json", default=None)
+    i = sub.add_parser("index")
+    i.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
+    i.add_argument("--onnx-dir", default=None)
+    i.add_argument("--docs", type=int, default=500)
+    q = sub.add_parser("query")
+    q.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "minilm-l6-scifact-ce"))
+    q.add_argument("--backend", default="torch")
+    q.add_argument("--index", default="eval-scifact")
+    q.add_argument("--depth", type=int, default=50)
+    q.add_argument("--queries", type=int, default=30)
+    args = ap.parse_args()
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        sys.exit(f"SciFact not found at {SCIFACT}")
+    {"rerank": bench_rerank, "index": bench_index, "query": bench_query}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
