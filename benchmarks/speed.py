@@ -9,6 +9,7 @@ depth are scored by
 
 - ``plain``: the chapter's code, ``CrossEncoder(model).predict(pairs)`` with default settings;
 - ``torch``: es-rerank's cross-encoder (raw logits, batches sorted by length);
+- ``torch-bf16``: the same with the model in bfloat16;
 - ``onnx`` / ``onnx-int8``: ONNX Runtime fp32 / dynamically quantized int8 (exported here).
 
 Each backend runs in its own process (so peak memory is its own), with one untimed warm-up
@@ -40,6 +41,11 @@ SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, it restarts at exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -49,10 +55,10 @@ def _make_scorer(backend: str, model: str, onnx_dir: str):
 
         ce = CrossEncoder(model)
         return lambda q, texts: [float(x) for x in ce.predict([(q, t) for t in texts], show_progress_bar=False)]
-    if backend == "torch":
+    if backend in ("torch", "torch-bf16"):
         from es_rerank.rerankers import CrossEncoderReranker
 
-        return CrossEncoderReranker(model).score
+        return CrossEncoderReranker(model, bf16=backend == "torch-bf16").score
     from es_rerank.onnx_backend import OnnxCrossEncoder
 
     file_name = "model_int8.onnx" if backend == "onnx-int8" else "model.onnx"
@@ -248,7 +254,7 @@ def main() -> None:
     r.add_argument("--index", default="eval-scifact")
     r.add_argument("--queries", type=int, default=20)
     r.add_argument("--depths", default="20,50,100")
-    r.add_argument("--backends", default="plain,torch,onnx,onnx-int8")
+    r.add_argument("--backends", default="plain,torch,torch-bf16,onnx,onnx-int8")
     r.add_argument("--json", default=None)
     i = sub.add_parser("index")
     i.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")

@@ -91,7 +91,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
 
 _SECRET_FIELDS = ("api_key", "password", "llm_api_key")
 RERANKER_KINDS = ("cross-encoder", "llm", "listwise", "none")
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Settings:
         rerank_batch_size: Pairs per cross-encoder batch. Defaults to 32.
         rerank_max_length: Token limit of a (query, chunk) pair; None keeps the model's.
         reranker: ``cross-encoder`` (default), ``llm``, ``listwise`` or ``none``.
-        reranker_backend: Cross-encoder runtime: ``torch`` (default), ``onnx`` or ``onnx-int8``
+        reranker_backend: Cross-encoder runtime: ``torch`` (default), ``torch-bf16``, ``onnx`` or ``onnx-int8``
             (the model folder then comes from ``es-rerank export-onnx``).
         embedding_backend: Embedder runtime: ``torch`` (default), ``onnx`` or ``onnx-int8``.
         rerank_cache_size: (query, chunk) scores the cross-encoder remembers; 0 turns the
@@ -203,9 +203,10 @@ class Settings:
             raise ConfigError(f"request_timeout must be > 0, got {self.request_timeout}")
         if self.reranker not in RERANKER_KINDS:
             raise ConfigError(f"reranker must be one of {', '.join(RERANKER_KINDS)}, got {self.reranker!r}")
-        for name in ("reranker_backend", "embedding_backend"):
-            if getattr(self, name) not in BACKENDS:
-                raise ConfigError(f"{name} must be one of {', '.join(BACKENDS)}, got {getattr(self, name)!r}")
+        for name, allowed in (("reranker_backend", BACKENDS),
+                              ("embedding_backend", tuple(b for b in BACKENDS if b != "torch-bf16"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.rerank_cache_size < 0:
             raise ConfigError(f"rerank_cache_size must be >= 0, got {self.rerank_cache_size}")
         if self.rerank_timeout is not None and self.rerank_timeout <= 0:

@@ -47,10 +47,11 @@ def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
     """
     instructions = settings.llm_instructions if instructions is None else instructions
     if kind == "cross-encoder":
-        if settings.reranker_backend == "torch":
+        if settings.reranker_backend in ("torch", "torch-bf16"):
             reranker: Reranker = CrossEncoderReranker(
                 settings.reranker_model, device=settings.device, batch_size=settings.rerank_batch_size,
-                max_length=settings.rerank_max_length, normalize=normalize)
+                max_length=settings.rerank_max_length, normalize=normalize,
+                bf16=settings.reranker_backend == "torch-bf16")
         else:
             if normalize:
                 raise ConfigError("--normalize is available with the torch backend only")

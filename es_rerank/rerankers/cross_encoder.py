@@ -25,6 +25,8 @@ class CrossEncoderReranker:
         batch_size: Pairs per forward pass. Defaults to 32.
         max_length: Token limit of a pair; None keeps the model's configured limit.
         normalize: Return sigmoid(logit) in [0, 1] instead of the logit. Defaults to False.
+        bf16: Run the model in bfloat16 (about 1.7x faster on CPUs with AVX512-BF16/AMX,
+            rankings nearly unchanged; see benchmarks/). Defaults to False.
 
     Example:
         >>> ce = CrossEncoderReranker("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
@@ -33,7 +35,8 @@ class CrossEncoderReranker:
     """
 
     def __init__(self, model: str = DEFAULT_RERANKER_MODEL, *, device: str | None = None,
-                 batch_size: int = 32, max_length: int | None = None, normalize: bool = False):
+                 batch_size: int = 32, max_length: int | None = None, normalize: bool = False,
+                 bf16: bool = False):
         if batch_size < 1:
             raise ConfigError(f"rerank batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 8:
@@ -43,7 +46,8 @@ class CrossEncoderReranker:
         self.batch_size = batch_size
         self.max_length = max_length
         self.normalize = normalize
-        self.name = f"cross-encoder:{model}"
+        self.bf16 = bf16
+        self.name = f"cross-encoder:{model}" + (" (bf16)" if bf16 else "")
         self._model = None
         self._lock = threading.Lock()
 
@@ -65,8 +69,11 @@ class CrossEncoderReranker:
             from sentence_transformers import CrossEncoder
 
             # Identity activation: keep raw logits (a model's config may ask for a sigmoid).
-            return CrossEncoder(self.model_name, device=self.device, max_length=self.max_length,
-                                activation_fn=torch.nn.Identity())
+            model = CrossEncoder(self.model_name, device=self.device, max_length=self.max_length,
+                                 activation_fn=torch.nn.Identity())
+            if self.bf16:
+                model.model.to(torch.bfloat16)
+            return model
         except Exception as e:  # the library raises OSError, ValueError, HF errors...
             raise RerankerError(
                 f"could not load cross-encoder {self.model_name!r}: {e}. Offline, set "
