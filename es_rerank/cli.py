@@ -177,8 +177,7 @@ def _index(s: Settings, paths, *, recreate: bool, analyzer: str = "standard", bu
     bar = tqdm(desc="indexing", unit="doc", disable=not progress, file=sys.stderr)
 
     def on_progress(report):
-        bar.n = report.documents_read
-        bar.refresh()
+        bar.update(report.documents_read - bar.n)  # tqdm throttles redraws itself
 
     try:
         return index_paths(connect(s), paths, settings=s, embedder=embedder, recreate=recreate,
@@ -321,8 +320,7 @@ def _progress_bar(desc: str, enabled: bool):
 
     def update(done: int, total: int) -> None:
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)
 
     return bar, update
 

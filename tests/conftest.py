@@ -186,9 +186,9 @@ def llm_url(request, tmp_path_factory):
                 if time.monotonic() > deadline:
                     pytest.fail(f"llama.cpp server not up after 180 s:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
-        reporter = request.config.pluginmanager.getplugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"llama.cpp server (gemma3-270m) started in {time.monotonic() - started:.1f} s")
+        capman = request.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled():
+            print(f"\nllama.cpp server (gemma3-270m) started in {time.monotonic() - started:.1f} s")
         yield base
     finally:
         proc.terminate()
