@@ -27,6 +27,7 @@ from .errors import ClusterError, ConfigError, IndexMissingError, RerankerError,
 from .fusion import reciprocal_rank_fusion
 from .indexing import embedding_text
 from .rerankers import Reranker, build_reranker
+from .schema import check_mapping
 from .types import Hit, SearchResult, Timings
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Searcher:
         self._pool: ThreadPoolExecutor | None = None
         self._server_rrf: bool | None = None
         self._max_window: int | None = None
+        self._index_checked = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -172,6 +174,24 @@ class Searcher:
             self._max_window = int(raw)
         return self._max_window
 
+    def check_index(self) -> None:
+        """Check once that the index fits the embedder (fields and vector dims).
+
+        Raises:
+            IndexMissingError: The index does not exist.
+            MappingMismatchError: A field or the dims differ (the message names both dims).
+        """
+        if self._index_checked:
+            return
+        index = self.settings.index
+        try:
+            resp = self._call(self.es.indices.get_mapping, index=index)
+        except NotFoundError:
+            raise IndexMissingError(f"index {index!r} does not exist: create it with `es-rerank index PATH`") from None
+        for entry in resp.body.values():
+            check_mapping(index, entry["mappings"], dims=self.embedder.dimensions)
+        self._index_checked = True
+
     def _validate(self, query: str, depth: int, final_k: int, mode: str) -> str:
         query = queries.validate_query(query)
         if mode not in SEARCH_MODES:
@@ -180,6 +200,7 @@ class Searcher:
             raise ValidationError(f"final_k must be >= 1, got {final_k}")
         if depth < final_k:
             raise ValidationError(f"final_k must be <= depth, got {final_k} > {depth}: raise depth or lower final_k")
+        self.check_index()
         window = self.max_result_window()
         if depth > window:
             raise ValidationError(f"depth {depth} exceeds the index's max_result_window ({window}): lower depth")

@@ -135,3 +135,54 @@ def test_missing_index(settings, es, embedder, reranker):
     s = Searcher(settings.replace(index="no-such-index-xyz"), es=es, embedder=embedder, reranker=reranker)
     with pytest.raises(IndexMissingError, match="index 'no-such-index-xyz' does not exist"):
         s.search("anything")
+
+
+def test_query_against_index_of_other_dims_names_both(es, settings, embedder, reranker):
+    from es_rerank.indexing import ensure_index
+    from es_rerank.schema import load_mapping
+
+    ensure_index(es, settings.index, load_mapping(768), dims=768)
+    s = Searcher(settings, es=es, embedder=embedder, reranker=reranker)
+    with pytest.raises(MappingMismatchError, match="dims are 768 in the index but the configured embedder produces 384"):
+        s.search("anything")
+
+
+class Exploding:
+    name = "exploding"
+
+    def score(self, query, texts):
+        raise RuntimeError("CUDA out of memory (simulated mid-batch failure)")
+
+
+class Sleepy:
+    name = "sleepy"
+
+    def score(self, query, texts):
+        import time
+
+        time.sleep(3)
+        return [0.0] * len(texts)
+
+
+@pytest.mark.parametrize("bad,match", [(Exploding(), "mid-batch failure"), (Sleepy(), "took longer than 0.5s")])
+def test_reranker_failures_raise_or_fall_back(settings, es, embedder, sample_index, bad, match):
+    from es_rerank.errors import RerankerError
+
+    s = settings.replace(rerank_timeout=0.5)
+    with pytest.raises(RerankerError, match=match):
+        Searcher(s, es=es, embedder=embedder, reranker=bad).search("refund", depth=6, final_k=3)
+    result = Searcher(s.replace(allow_reranker_failures=True), es=es, embedder=embedder, reranker=bad).search(
+        "refund", depth=6, final_k=3)
+    assert not result.reranked and match.split()[0] in result.rerank_error
+    assert [h.retrieval_rank for h in result.hits] == [1, 2, 3]
+
+
+def test_reranker_that_cannot_load(settings, es, embedder, sample_index):
+    from es_rerank.errors import RerankerError
+
+    s = settings.replace(reranker_model="/no/such/model-folder")
+    with pytest.raises(RerankerError, match="could not load cross-encoder '/no/such/model-folder'"):
+        Searcher(s, es=es, embedder=embedder).search("refund", depth=5, final_k=2)
+    result = Searcher(s.replace(allow_reranker_failures=True), es=es, embedder=embedder).search(
+        "refund", depth=5, final_k=2)
+    assert not result.reranked and "could not load" in result.rerank_error and len(result.hits) == 2
