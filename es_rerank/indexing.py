@@ -134,8 +134,8 @@ def index_documents(
         The report. Per-item bulk failures become rejections naming the document.
 
     Raises:
-        elasticsearch.ConnectionError: Elasticsearch became unreachable (after the
-            client's retries); documents already acknowledged stay indexed.
+        IndexingError: Elasticsearch failed part-way (after the client's retries); the
+            message and ``.report`` say how far it got, and acknowledged documents stay.
     """
     if embed_batch_size < 1 or bulk_chunk_size < 1:
         raise ConfigError("embed_batch_size and bulk_chunk_size must be >= 1")
