@@ -95,3 +95,12 @@ def test_llm_config_hides_key():
     assert "sk-very-secret" not in repr(cfg)
     with pytest.raises(ConfigError, match="concurrency"):
         LLMConfig(concurrency=0)
+
+
+@pytest.mark.parametrize("kind", ["llm", "listwise"])
+def test_normalize_is_refused_for_llm_rerankers(kind):
+    from es_rerank.config import Settings
+    from es_rerank.rerankers import build_reranker
+
+    with pytest.raises(ConfigError, match="--normalize applies to the cross-encoder only"):
+        build_reranker(kind, Settings(), normalize=True)

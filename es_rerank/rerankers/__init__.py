@@ -46,6 +46,8 @@ def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
         ConfigError: Unknown kind (the message lists the known ones).
     """
     instructions = settings.llm_instructions if instructions is None else instructions
+    if normalize and kind != "cross-encoder":
+        raise ConfigError(f"--normalize applies to the cross-encoder only; the {kind} reranker's scores are already in its own range")
     if kind == "cross-encoder":
         if settings.reranker_backend in ("torch", "torch-bf16"):
             reranker: Reranker = CrossEncoderReranker(
