@@ -166,7 +166,10 @@ def test_stop_elasticsearch_mid_indexing_then_rerun(fault_cluster, embedding_mod
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
-            if es.indices.exists(index="faults") and es.count(index="faults")["count"] >= 60:
+            # index_total counts acknowledged writes whether or not a refresh made them searchable
+            # (a new index is bulk-loaded with refresh off)
+            stats = es.indices.stats(index="faults", metric="indexing")
+            if stats["_all"]["primaries"]["indexing"]["index_total"] >= 60:
                 break
         except Exception:
             pass
@@ -185,4 +188,7 @@ def test_stop_elasticsearch_mid_indexing_then_rerun(fault_cluster, embedding_mod
     assert es.count(index="faults")["count"] == 600
     ids = es.search(index="faults", size=0, aggs={"d": {"cardinality": {"field": "doc_id"}}})
     assert ids["aggregations"]["d"]["value"] == 600
+    # the first run died during the bulk load (refresh off); the rerun turned refresh back on
+    assert "refresh_interval" not in es.indices.get_settings(index="faults")["faults"]["settings"]["index"]
+    assert es.indices.get_mapping(index="faults")["faults"]["mappings"]["_meta"] == {"es_rerank_bulk_load": False}
     es.indices.delete(index="faults")

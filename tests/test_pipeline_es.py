@@ -20,6 +20,23 @@ def test_count_equals_reported_chunks(es, make_index, index_name):
     assert es.count(index=index_name)["count"] == report.chunks_indexed >= n_docs
 
 
+def test_bulk_load_turns_refresh_back_on(es, make_index, index_name, tmp_path):
+    """A new index loads with refresh off; afterwards refresh is back to the default, also for later writes."""
+    from es_rerank.indexing import BULK_LOAD_FLAG
+
+    make_index(index_name, SAMPLE)
+    assert "refresh_interval" not in es.indices.get_settings(index=index_name)[index_name]["settings"]["index"]
+    assert es.indices.get_mapping(index=index_name)[index_name]["mappings"]["_meta"] == {BULK_LOAD_FLAG: False}
+    # an interrupted load leaves the flag and refresh off; the next run finishes the job
+    es.indices.put_settings(index=index_name, settings={"index": {"refresh_interval": "-1"}})
+    es.indices.put_mapping(index=index_name, meta={BULK_LOAD_FLAG: True})
+    extra = tmp_path / "one.jsonl"
+    extra.write_text('{"id": "late-1", "text": "a document written after the load"}\n')
+    make_index(index_name, extra)
+    assert "refresh_interval" not in es.indices.get_settings(index=index_name)[index_name]["settings"]["index"]
+    assert es.count(index=index_name, query={"term": {"doc_id": "late-1"}})["count"] == 1
+
+
 def test_reindex_replaces_never_duplicates(es, make_index, index_name):
     first = make_index(index_name, SAMPLE)
     second = make_index(index_name, SAMPLE)
