@@ -426,14 +426,41 @@ def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_d
 @click.argument("model")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--kind", type=click.Choice(["cross-encoder", "embedder"]), default="cross-encoder")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write model_int8.onnx.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also write an int8 copy (ONNX: dynamic; OpenVINO: static, calibrated).")
+@click.option("--openvino", is_flag=True, help="Also convert to OpenVINO IR for the openvino / openvino-int8 backends.")
+@click.option("--calibration-queries", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="OpenVINO int8: queries (one per line, or JSONL with 'text'); their candidates are "
+                   "retrieved from --index and the pairs calibrate the quantization.")
+@click.option("--calibration-depth", type=int, default=10, help="Candidates per calibration query.")
+@click.pass_context
 @_fail_cleanly
-def export_onnx_cmd(model, out_dir, kind, quantize):
-    """Export MODEL (folder or hub name) to ONNX for the onnx / onnx-int8 backends."""
-    from .onnx_backend import export_onnx
+def export_onnx_cmd(ctx, model, out_dir, kind, quantize, openvino, calibration_queries, calibration_depth):
+    """Export MODEL (folder or hub name) to ONNX (and OpenVINO) for the faster backends.
 
-    for path in export_onnx(model, out_dir, kind=kind, quantize=quantize):
-        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    backend = "onnx-int8" if quantize else "onnx"
+    ONNX int8 is dynamic quantization and needs no data. OpenVINO int8 is static quantization:
+    it needs --calibration-queries, real queries whose candidates come from the index the model
+    will serve (use queries that are not in your evaluation set).
+    """
     var = "ES_RERANK_RERANKER" if kind == "cross-encoder" else "ES_RERANK_EMBEDDING"
+    if not openvino:
+        from .onnx_backend import export_onnx
+
+        files = export_onnx(model, out_dir, kind=kind, quantize=quantize)
+        backend = "onnx-int8" if quantize else "onnx"
+    else:
+        from .openvino_backend import calibration_from_index, export_openvino
+
+        calibration = None
+        if quantize:
+            if not calibration_queries:
+                raise click.UsageError("--openvino --quantize int8 needs --calibration-queries FILE")
+            calibration = calibration_from_index(_settings(ctx), calibration_queries, kind=kind,
+                                                 depth=calibration_depth)
+            click.echo(f"calibrating on {len(calibration)} {'pairs' if kind == 'cross-encoder' else 'texts'}")
+        files = export_openvino(model, out_dir, kind=kind, quantize=quantize, calibration=calibration)
+        backend = "openvino-int8" if quantize else "openvino"
+    for path in files:
+        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+        click.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
     click.echo(f"use it with {var}_MODEL={out_dir} {var}_BACKEND={backend}")

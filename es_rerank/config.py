@@ -91,7 +91,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
 
 _SECRET_FIELDS = ("api_key", "password", "llm_api_key")
 RERANKER_KINDS = ("cross-encoder", "llm", "listwise", "none")
-BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,10 @@ class Settings:
         rerank_batch_size: Pairs per cross-encoder batch. Defaults to 32.
         rerank_max_length: Token limit of a (query, chunk) pair; None keeps the model's.
         reranker: ``cross-encoder`` (default), ``llm``, ``listwise`` or ``none``.
-        reranker_backend: Cross-encoder runtime: ``torch`` (default), ``torch-bf16``, ``onnx`` or ``onnx-int8``
-            (the model folder then comes from ``es-rerank export-onnx``).
-        embedding_backend: Embedder runtime: ``torch`` (default), ``onnx`` or ``onnx-int8``.
+        reranker_backend: Cross-encoder runtime: ``torch`` (default), ``torch-bf16``, ``onnx``, ``onnx-int8``,
+            ``openvino`` or ``openvino-int8`` (all but torch read a folder made by ``es-rerank export-onnx``).
+        embedding_backend: Embedder runtime: ``torch`` (default), ``onnx``, ``onnx-int8``, ``openvino`` or
+            ``openvino-int8``.
         rerank_cache_size: (query, chunk) scores the cross-encoder remembers; 0 turns the
             cache off. Defaults to 10,000.
         allow_reranker_failures: On a reranker failure return the retrieval order

@@ -113,11 +113,11 @@ class SentenceTransformerEmbedder:
 
 
 def build_embedder(settings) -> Embedder:
-    """The embedder the settings ask for: sentence-transformers on torch, or ONNX Runtime."""
+    """The embedder the settings ask for: sentence-transformers on torch, ONNX Runtime or OpenVINO."""
     if settings.embedding_backend == "torch":
         return SentenceTransformerEmbedder(settings.embedding_model, device=settings.device,
                                            batch_size=settings.embed_batch_size)
-    from .onnx_backend import OnnxEmbedder
+    from .onnx_backend import runtime_model
 
-    return OnnxEmbedder(settings.embedding_model, batch_size=settings.embed_batch_size,
-                        file_name="model_int8.onnx" if settings.embedding_backend == "onnx-int8" else "model.onnx")
+    cls, file_name = runtime_model(settings.embedding_backend, "embedder")
+    return cls(settings.embedding_model, batch_size=settings.embed_batch_size, file_name=file_name)

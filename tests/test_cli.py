@@ -88,3 +88,24 @@ def test_unreachable_cluster_fails_fast(cli_env):
     r = CliRunner().invoke(cli, ["query", "anything"], env=env)
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "cannot reach Elasticsearch at http://127.0.0.1:9" in r.output or "connection failed" in r.output
+
+
+def test_export_openvino_int8_calibrates_on_retrieved_candidates(run, sample_index, cli_env, tmp_path):
+    """export-onnx --openvino --quantize int8: pairs come from the real index; the result serves queries."""
+    out = tmp_path / "ov"
+    r = run("export-onnx", cli_env["ES_RERANK_RERANKER_MODEL"], "--out", str(out), "--openvino", "--quantize", "int8")
+    assert r.exit_code != 0 and "needs --calibration-queries" in r.output
+    queries = tmp_path / "queries.txt"
+    queries.write_text("close my account\nrefund a yearly plan\nrecover deleted files\nshare a folder\n")
+    r = run("export-onnx", cli_env["ES_RERANK_RERANKER_MODEL"], "--out", str(out), "--openvino", "--quantize", "int8",
+            "--calibration-queries", str(queries), "--calibration-depth", "5")
+    assert r.exit_code == 0, r.output
+    assert "calibrating on 20 pairs" in r.output
+    assert (out / "openvino_model_int8.xml").is_file() and (out / "openvino_model_int8.bin").is_file()
+    env = {**cli_env, "ES_RERANK_RERANKER_MODEL": str(out), "ES_RERANK_RERANKER_BACKEND": "openvino-int8"}
+    r = CliRunner().invoke(cli, ["query", "close my account", "--depth", "5", "--final-k", "2", "--json"], env=env,
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert len(data["hits"]) == 2 and data["reranked"] is True
+    assert data["hits"][0]["rerank_score"] >= data["hits"][1]["rerank_score"]

@@ -57,12 +57,11 @@ def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
         else:
             if normalize:
                 raise ConfigError("--normalize is available with the torch backend only")
-            from ..onnx_backend import OnnxCrossEncoder
+            from ..onnx_backend import runtime_model
 
-            reranker = OnnxCrossEncoder(
-                settings.reranker_model, batch_size=settings.rerank_batch_size,
-                file_name="model_int8.onnx" if settings.reranker_backend == "onnx-int8" else "model.onnx",
-                max_length=settings.rerank_max_length)
+            cls, file_name = runtime_model(settings.reranker_backend, "cross-encoder")
+            reranker = cls(settings.reranker_model, batch_size=settings.rerank_batch_size, file_name=file_name,
+                           max_length=settings.rerank_max_length)
         if cache and settings.rerank_cache_size:
             reranker = CachedReranker(reranker, max_entries=settings.rerank_cache_size)
         return reranker
