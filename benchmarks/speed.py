@@ -10,7 +10,10 @@ depth are scored by
 - ``plain``: the chapter's code, ``CrossEncoder(model).predict(pairs)`` with default settings;
 - ``torch``: es-rerank's cross-encoder (raw logits, batches sorted by length);
 - ``torch-bf16``: the same with the model in bfloat16;
-- ``onnx`` / ``onnx-int8``: ONNX Runtime fp32 / dynamically quantized int8 (exported here).
+- ``onnx`` / ``onnx-int8``: ONNX Runtime fp32 / dynamically quantized int8 (exported here);
+- ``openvino`` / ``openvino-int8``: OpenVINO at the CPU's best float precision (bf16 where the
+  CPU has it) / statically quantized int8, calibrated on the candidates of SciFact *train*
+  queries (never the test queries measured here).
 
 Each backend runs in its own process (so peak memory is its own), with one untimed warm-up
 query. Printed: pairs/s, per-query latency p50/p95, peak RSS, speed-up against ``plain``,
@@ -59,10 +62,10 @@ def _make_scorer(backend: str, model: str, onnx_dir: str):
         from es_rerank.rerankers import CrossEncoderReranker
 
         return CrossEncoderReranker(model, bf16=backend == "torch-bf16").score
-    from es_rerank.onnx_backend import OnnxCrossEncoder
+    from es_rerank.onnx_backend import runtime_model
 
-    file_name = "model_int8.onnx" if backend == "onnx-int8" else "model.onnx"
-    return OnnxCrossEncoder(onnx_dir, file_name=file_name).score
+    cls, file_name = runtime_model(backend, "cross-encoder")
+    return cls(onnx_dir, file_name=file_name).score
 
 
 def _rerank_worker(backend, model, onnx_dir, work, queue):
@@ -87,14 +90,46 @@ def _run_isolated(target, *args):
     return result
 
 
-def _candidates(index: str, n_queries: int, depths: list[int]):
+def _searcher(index: str):
     from es_rerank.client import Searcher
     from es_rerank.config import Settings
+
+    return Searcher(Settings.from_env(index=index, reranker="none"))
+
+
+def _calibration_pairs(index: str, n_queries: int = 40, depth: int = 10) -> list[tuple[str, str]]:
+    """(query, candidate) pairs from SciFact train queries: disjoint from the measured test queries."""
+    from es_rerank.evaluate.data import load_beir
+    from es_rerank.indexing import embedding_text
+
+    data = load_beir(SCIFACT, "train", check_corpus=False)
+    searcher = _searcher(index)
+    pairs = []
+    for query in list(data.queries.values())[:n_queries]:
+        hits, _, _ = searcher.retrieve(query, depth=depth)
+        pairs += [(query, embedding_text(h.title, h.text)) for h in hits]
+    return pairs
+
+
+def _export_all(model: str, out: str, kind: str, calibration) -> None:
+    """ONNX fp32 + dynamic int8, then OpenVINO IR + static int8, into one folder (untimed)."""
+    from es_rerank.onnx_backend import export_onnx
+    from es_rerank.openvino_backend import INT8_FILE, export_openvino
+
+    if (Path(out) / INT8_FILE).is_file() and (Path(out) / "model_int8.onnx").is_file():
+        return
+    t0 = time.perf_counter()
+    export_openvino(model, out, kind=kind, quantize="int8", calibration=calibration())
+    export_onnx(model, out, kind=kind, quantize="int8")
+    print(f"exported {model} to ONNX (+int8) and OpenVINO (+int8) in {time.perf_counter() - t0:.0f}s -> {out}")
+
+
+def _candidates(index: str, n_queries: int, depths: list[int]):
     from es_rerank.evaluate.data import load_beir
     from es_rerank.indexing import embedding_text
 
     data = load_beir(SCIFACT, "test", check_corpus=False)
-    searcher = Searcher(Settings.from_env(index=index, reranker="none"))
+    searcher = _searcher(index)
     work = []
     for qid in list(data.queries)[:n_queries]:
         for depth in depths:
@@ -116,14 +151,9 @@ def _top5(a, b) -> float:
 
 
 def bench_rerank(args) -> None:
-    from es_rerank.onnx_backend import export_onnx
-
     depths = [int(d) for d in args.depths.split(",")]
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="ce-onnx-")
-    if not (Path(onnx_dir) / "model_int8.onnx").is_file():
-        t0 = time.perf_counter()
-        export_onnx(args.model, onnx_dir, kind="cross-encoder", quantize="int8")
-        print(f"exported {args.model} to ONNX (+int8) in {time.perf_counter() - t0:.0f}s -> {onnx_dir}")
+    _export_all(args.model, onnx_dir, "cross-encoder", lambda: _calibration_pairs(args.index))
     work = _candidates(args.index, args.queries, depths)
     backends = args.backends.split(",")
     runs = {b: _run_isolated(_rerank_worker, b, args.model, onnx_dir, work) for b in backends}
@@ -146,10 +176,10 @@ def bench_rerank(args) -> None:
                 row["speedup_vs_plain"] = rows["plain"]["p50_ms"] / row["p50_ms"]
         report["depths"][depth] = rows
         print(f"\ndepth {depth} ({args.queries} queries, {pairs // args.queries} pairs each)")
-        print(f"{'backend':<10} {'pairs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'peak MB':>8} {'speed-up':>8} "
+        print(f"{'backend':<14} {'pairs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'peak MB':>8} {'speed-up':>8} "
               f"{'Spearman':>9} {'top-5':>6}")
         for b, row in rows.items():
-            print(f"{b:<10} {row['pairs_per_s']:>8.1f} {row['p50_ms']:>8.0f} {row['p95_ms']:>8.0f} "
+            print(f"{b:<14} {row['pairs_per_s']:>8.1f} {row['p50_ms']:>8.0f} {row['p95_ms']:>8.0f} "
                   f"{row['peak_mb']:>8.0f} {row.get('speedup_vs_plain', float('nan')):>7.2f}x "
                   f"{row.get('spearman', float('nan')):>9.4f} {row.get('top5_overlap', float('nan')):>6.3f}")
     if args.json:
@@ -166,10 +196,10 @@ def _embed_worker(kind, model_dir, texts, queue):
         m = SentenceTransformer(resolve_model(model_dir))
         embed = lambda xs: m.encode(xs, normalize_embeddings=True)  # noqa: E731
     else:
-        from es_rerank.onnx_backend import OnnxEmbedder
+        from es_rerank.onnx_backend import runtime_model
 
-        e = OnnxEmbedder(model_dir, file_name="model_int8.onnx" if kind == "onnx-int8" else "model.onnx")
-        embed = e.embed_documents
+        cls, file_name = runtime_model(kind, "embedder")
+        embed = cls(model_dir, file_name=file_name).embed_documents
     embed(texts[:8])
     t0 = time.perf_counter()
     vectors = embed(texts)
@@ -183,11 +213,8 @@ def bench_index(args) -> None:
     from es_rerank.config import Settings
     from es_rerank.embedding import SentenceTransformerEmbedder, build_embedder
     from es_rerank.indexing import embedding_text, index_paths
-    from es_rerank.onnx_backend import export_onnx
 
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="emb-onnx-")
-    if not (Path(onnx_dir) / "model_int8.onnx").is_file():
-        export_onnx(args.embedder, onnx_dir, kind="embedder", quantize="int8")
     corpus = Path(tempfile.mkdtemp()) / "corpus.jsonl"
     with open(SCIFACT / "corpus.jsonl") as src, open(corpus, "w") as dst:
         for _, line in zip(range(args.docs), src):
@@ -199,11 +226,18 @@ def bench_index(args) -> None:
         doc = json.loads(line)
         texts += [embedding_text(doc["title"], c.text) for c in chunker.split(doc["text"])]
     print(f"{args.docs} documents -> {len(texts)} chunks")
-    alone = {k: _run_isolated(_embed_worker, k, args.embedder if k == "plain" else onnx_dir, texts)
-             for k in ("plain", "onnx", "onnx-int8")}
+
+    def calibration():
+        # chunks of documents the benchmark does not embed (the corpus's last 150)
+        lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()[-150:]
+        return [embedding_text(d["title"], c.text) for d in map(json.loads, lines) for c in chunker.split(d["text"])]
+
+    _export_all(args.embedder, onnx_dir, "embedder", calibration)
+    kinds = args.backends.split(",")
+    alone = {k: _run_isolated(_embed_worker, k, args.embedder if k == "plain" else onnx_dir, texts) for k in kinds}
     ref = alone["plain"]["vectors"]
     es = Elasticsearch(os.environ.get("ES_URL", "http://127.0.0.1:9200"), request_timeout=60)
-    print(f"\n{'embedder':<10} {'alone docs/s':>12} {'end-to-end docs/s':>18} {'e2e/alone':>9} {'vs plain':>8} "
+    print(f"\n{'embedder':<14} {'alone docs/s':>12} {'end-to-end docs/s':>18} {'e2e/alone':>9} {'vs plain':>8} "
           f"{'cos mean':>8} {'cos min':>8} {'peak MB':>8}")
     for kind, run in alone.items():
         alone_dps = args.docs / run["seconds"]
@@ -215,7 +249,7 @@ def bench_index(args) -> None:
         es.indices.delete(index=s.index)
         e2e = report.documents_indexed / report.seconds
         plain_dps = args.docs / alone["plain"]["seconds"]
-        print(f"{kind:<10} {alone_dps:>12.1f} {e2e:>18.1f} {e2e / alone_dps:>9.2f} {alone_dps / plain_dps:>7.2f}x "
+        print(f"{kind:<14} {alone_dps:>12.1f} {e2e:>18.1f} {e2e / alone_dps:>9.2f} {alone_dps / plain_dps:>7.2f}x "
               f"{cos.mean():>8.4f} {cos.min():>8.4f} {run['peak_mb']:>8.0f}")
 
 
@@ -254,12 +288,13 @@ def main() -> None:
     r.add_argument("--index", default="eval-scifact")
     r.add_argument("--queries", type=int, default=20)
     r.add_argument("--depths", default="20,50,100")
-    r.add_argument("--backends", default="plain,torch,torch-bf16,onnx,onnx-int8")
+    r.add_argument("--backends", default="plain,torch,torch-bf16,onnx,onnx-int8,openvino,openvino-int8")
     r.add_argument("--json", default=None)
     i = sub.add_parser("index")
     i.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
     i.add_argument("--onnx-dir", default=None)
     i.add_argument("--docs", type=int, default=500)
+    i.add_argument("--backends", default="plain,onnx,onnx-int8,openvino,openvino-int8")
     q = sub.add_parser("query")
     q.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "minilm-l6-scifact-ce"))
     q.add_argument("--backend", default="torch")
