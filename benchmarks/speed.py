@@ -90,46 +90,37 @@ def _run_isolated(target, *args):
     return result
 
 
-def _searcher(index: str):
-    from es_rerank.client import Searcher
-    from es_rerank.config import Settings
-
-    return Searcher(Settings.from_env(index=index, reranker="none"))
-
-
 def _calibration_pairs(index: str, n_queries: int = 40, depth: int = 10) -> list[tuple[str, str]]:
     """(query, candidate) pairs from SciFact train queries: disjoint from the measured test queries."""
+    from es_rerank.config import Settings
     from es_rerank.evaluate.data import load_beir
-    from es_rerank.indexing import embedding_text
+    from es_rerank.openvino_backend import calibration_from_index
 
-    data = load_beir(SCIFACT, "train", check_corpus=False)
-    searcher = _searcher(index)
-    pairs = []
-    for query in list(data.queries.values())[:n_queries]:
-        hits, _, _ = searcher.retrieve(query, depth=depth)
-        pairs += [(query, embedding_text(h.title, h.text)) for h in hits]
-    return pairs
+    queries = list(load_beir(SCIFACT, "train", check_corpus=False).queries.values())[:n_queries]
+    return calibration_from_index(Settings.from_env(index=index), queries, depth=depth)
 
 
 def _export_all(model: str, out: str, kind: str, calibration) -> None:
     """ONNX fp32 + dynamic int8, then OpenVINO IR + static int8, into one folder (untimed)."""
-    from es_rerank.onnx_backend import export_onnx
+    from es_rerank.onnx_backend import quantize_onnx
     from es_rerank.openvino_backend import INT8_FILE, export_openvino
 
     if (Path(out) / INT8_FILE).is_file() and (Path(out) / "model_int8.onnx").is_file():
         return
     t0 = time.perf_counter()
     export_openvino(model, out, kind=kind, quantize="int8", calibration=calibration())
-    export_onnx(model, out, kind=kind, quantize="int8")
+    quantize_onnx(out)  # the model.onnx that export_openvino wrote
     print(f"exported {model} to ONNX (+int8) and OpenVINO (+int8) in {time.perf_counter() - t0:.0f}s -> {out}")
 
 
 def _candidates(index: str, n_queries: int, depths: list[int]):
+    from es_rerank.client import Searcher
+    from es_rerank.config import Settings
     from es_rerank.evaluate.data import load_beir
     from es_rerank.indexing import embedding_text
 
     data = load_beir(SCIFACT, "test", check_corpus=False)
-    searcher = _searcher(index)
+    searcher = Searcher(Settings.from_env(index=index, reranker="none"))
     work = []
     for qid in list(data.queries)[:n_queries]:
         for depth in depths:

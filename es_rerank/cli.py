@@ -449,13 +449,13 @@ def export_onnx_cmd(ctx, model, out_dir, kind, quantize, openvino, calibration_q
         files = export_onnx(model, out_dir, kind=kind, quantize=quantize)
         backend = "onnx-int8" if quantize else "onnx"
     else:
-        from .openvino_backend import calibration_from_index, export_openvino
+        from .openvino_backend import calibration_from_index, export_openvino, read_queries
 
         calibration = None
         if quantize:
             if not calibration_queries:
                 raise click.UsageError("--openvino --quantize int8 needs --calibration-queries FILE")
-            calibration = calibration_from_index(_settings(ctx), calibration_queries, kind=kind,
+            calibration = calibration_from_index(_settings(ctx), read_queries(calibration_queries), kind=kind,
                                                  depth=calibration_depth)
             click.echo(f"calibrating on {len(calibration)} {'pairs' if kind == 'cross-encoder' else 'texts'}")
         files = export_openvino(model, out_dir, kind=kind, quantize=quantize, calibration=calibration)

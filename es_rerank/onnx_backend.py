@@ -93,14 +93,16 @@ def export_onnx(model: str, out_dir: str | Path, *, kind: str = "cross-encoder",
         torch.onnx.export(Wrapped(hf), tuple(sample[n] for n in names), str(fp32), input_names=names,
                           output_names=["output"], dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     (out / "es_rerank_onnx.json").write_text(json.dumps({"kind": kind, "inputs": names, "source": model}))
-    files = [fp32]
-    if quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    return [fp32] + ([quantize_onnx(out)] if quantize == "int8" else [])
 
-        int8 = out / "model_int8.onnx"
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-        files.append(int8)
-    return files
+
+def quantize_onnx(out_dir: str | Path) -> Path:
+    """Write ``model_int8.onnx`` beside an exported ``model.onnx``: dynamic int8, per-channel weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8 = Path(out_dir) / "model_int8.onnx"
+    quantize_dynamic(str(Path(out_dir) / "model.onnx"), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    return int8
 
 
 class _OnnxModel:
@@ -130,19 +132,24 @@ class _OnnxModel:
         with self._lock:
             if self._session is not None:
                 return
-            from tokenizers import Tokenizer
-
             path = self.model_dir / self.file_name
             if not path.is_file():
                 raise RerankerError(f"{path} not found: create it with `{self.export_hint}`")
-            infer = self._open(path)
-            if self.max_length is None:
-                self.max_length = self._configured_max_length()
-            tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
-            tok.no_padding()
-            tok.no_truncation()
-            self._tokenizer = tok
-            self._session = infer
+            self._load_tokenizer()
+            self._session = self._open(path)
+
+    def _load_tokenizer(self) -> None:
+        """The fast tokenizer from ``tokenizer.json``; no runtime needed (export uses it alone)."""
+        if self._tokenizer is not None:
+            return
+        from tokenizers import Tokenizer
+
+        if self.max_length is None:
+            self.max_length = self._configured_max_length()
+        tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        tok.no_padding()
+        tok.no_truncation()
+        self._tokenizer = tok
 
     def _open(self, path: Path):
         """Start the runtime on ``path``; return ``infer(feed) -> first output``. Sets ``self._inputs``."""
@@ -205,7 +212,7 @@ class _OnnxModel:
 
     def _encode(self, inputs: list) -> list:
         """Tokenize texts (embedder) or (query, text) pairs (cross-encoder, candidate truncated)."""
-        self._load()
+        self._load_tokenizer()
         tok = self._tokenizer
         tok.enable_truncation(self.max_length, strategy="only_second" if inputs and isinstance(inputs[0], tuple)
                               else "longest_first")
@@ -228,6 +235,7 @@ class OnnxCrossEncoder(_OnnxModel):
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
+        self._load()
         encodings = self._encode([(query, t) for t in texts])
         scores = np.empty(len(texts), dtype=np.float64)
         for idx, _, logits in self._run_batches(self._batches(encodings)):
@@ -256,6 +264,7 @@ class OnnxEmbedder(_OnnxModel):
         return AutoTokenizer.from_pretrained(str(self.model_dir))
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        self._load()
         encodings = self._encode(list(texts))
         out = None
         for idx, feed, hidden in self._run_batches(self._batches(encodings)):

@@ -83,8 +83,9 @@ def export_openvino(model: str, out_dir: str | Path, *, kind: str = "cross-encod
     ov.save_model(ov.convert_model(onnx_path), fp, compress_to_fp16=False)
     files = [fp]
     if quantize == "int8":
-        reader = OpenVinoCrossEncoder(out, file_name=FP_FILE) if kind == "cross-encoder" else OpenVinoEmbedder(
-            out, file_name=FP_FILE)
+        # the runtime's own tokenization and padding, without starting a runtime
+        reader = OnnxCrossEncoder(out) if kind == "cross-encoder" else OnnxEmbedder(out)
+        reader._inputs = json.loads((out / "es_rerank_onnx.json").read_text())["inputs"]
         items = [tuple(c) for c in calibration] if kind == "cross-encoder" else [str(c) for c in calibration]
         feeds = [feed for _, feed in reader._batches(reader._encode(items), batch_size)]
         n_layers = json.loads((out / "config.json").read_text()).get("num_hidden_layers", 6)
@@ -125,7 +126,7 @@ def read_queries(path: str | Path) -> list[str]:
     return queries
 
 
-def calibration_from_index(settings, queries_path: str | Path, *, kind: str = "cross-encoder",
+def calibration_from_index(settings, queries: Sequence[str], *, kind: str = "cross-encoder",
                            depth: int = 10) -> list:
     """Calibration data from real retrieval: (query, candidate) pairs, or texts for an embedder.
 
@@ -137,7 +138,7 @@ def calibration_from_index(settings, queries_path: str | Path, *, kind: str = "c
 
     searcher = Searcher(settings.replace(reranker="none"))
     items: list = []
-    for query in read_queries(queries_path):
+    for query in queries:
         hits, _, _ = searcher.retrieve(query, depth=depth)
         texts = [embedding_text(h.title, h.text) for h in hits]
         items += [(query, t) for t in texts] if kind == "cross-encoder" else [query, *texts]
@@ -162,14 +163,17 @@ class _OpenVinoRuntime(_OnnxModel):
 
     export_hint = "es-rerank export-onnx MODEL --openvino [--quantize int8 --calibration-queries FILE]"
 
+    def __init__(self, model_dir: str | Path, *, file_name: str = FP_FILE, precision: str | None = None, **options):
+        super().__init__(model_dir, file_name=file_name, **options)
+        self.precision = precision  # None: the CPU's fastest (bf16 with AVX512-BF16/AMX); "f32" forces fp32
+
     def _open(self, path: Path):
         ov, _ = _import()
         core = ov.Core()
         threads = self.threads or os.cpu_count() or 1
         config = {"INFERENCE_NUM_THREADS": threads}
-        precision = getattr(self, "precision", None)
-        if precision:
-            config["INFERENCE_PRECISION_HINT"] = precision
+        if self.precision:
+            config["INFERENCE_PRECISION_HINT"] = self.precision
         model = core.read_model(path)
         # One batch: all cores on it (latency). Several: one stream per core, each running
         # whole batches on its own, so a core busy with something else (Elasticsearch, the
@@ -215,22 +219,13 @@ class _OpenVinoRuntime(_OnnxModel):
 class OpenVinoCrossEncoder(_OpenVinoRuntime, OnnxCrossEncoder):
     """A cross-encoder on OpenVINO: raw logits, candidates batched by length, query never truncated."""
 
-    def __init__(self, model_dir: str | Path, *, file_name: str = FP_FILE, max_length: int | None = None,
-                 batch_size: int = 32, threads: int | None = None, precision: str | None = None):
-        super().__init__(model_dir, file_name=file_name, max_length=max_length, batch_size=batch_size,
-                         threads=threads)
-        self.precision = precision  # None: the CPU's fastest (bf16 with AVX512-BF16/AMX); "f32" to force fp32
-        self.name = f"cross-encoder-openvino:{Path(model_dir).name}/{file_name}"
+    def __init__(self, model_dir: str | Path, **options):
+        super().__init__(model_dir, **options)
+        self.name = f"cross-encoder-openvino:{Path(model_dir).name}/{self.file_name}"
 
 
 class OpenVinoEmbedder(_OpenVinoRuntime, OnnxEmbedder):
     """A sentence-transformers bi-encoder on OpenVINO: mean pooling, L2-normalized."""
-
-    def __init__(self, model_dir: str | Path, *, file_name: str = FP_FILE, max_length: int | None = None,
-                 batch_size: int = 32, threads: int | None = None, precision: str | None = None):
-        super().__init__(model_dir, file_name=file_name, max_length=max_length, batch_size=batch_size,
-                         threads=threads)
-        self.precision = precision  # None: the CPU's fastest (bf16 with AVX512-BF16/AMX); "f32" to force fp32
 
 
 __all__ = ["export_openvino", "calibration_from_index", "read_queries", "OpenVinoCrossEncoder", "OpenVinoEmbedder", "FP_FILE", "INT8_FILE"]
