@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 
@@ -40,6 +40,35 @@ class Rejection:
         return f"{self.source}:{self.line}" if self.line is not None else self.source
 
 
+def passage_text(title: str, text: str) -> str:
+    """What the embedder and the reranker read for a chunk: its title, then its text."""
+    return f"{title}\n{text}" if title else text
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What an LLM reranker spent: requests, prompt and completion tokens, unreadable replies.
+
+    Usages add up (``a + b``); the pipeline sums one per call, so concurrent searches never
+    count each other's tokens.
+    """
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    fallbacks: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass(frozen=True)
 class Hit:
     """One retrieved chunk with both stages' scores.
@@ -60,6 +89,11 @@ class Hit:
     retrieval_rank: int
     rerank_score: float | None = None
     rerank_rank: int | None = None
+
+    @property
+    def passage(self) -> str:
+        """The text a reranker reads for this hit: title, then text."""
+        return passage_text(self.title, self.text)
 
     @property
     def score(self) -> float:
