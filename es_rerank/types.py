@@ -76,7 +76,10 @@ class Hit:
     ``retrieval_score`` is BM25, cosine-kNN or RRF depending on the mode;
     ``rerank_score`` is the reranker's raw score (a logit for cross-encoders) unless
     normalized scores were asked for. Ranks are 1-based; ``rerank_rank`` is None
-    when the hit was not reranked.
+    when the hit was not reranked. ``final_score`` is what the results are ordered by
+    when the two stages' orders are blended (None: the rerank score, else the retrieval
+    score, orders them). ``passages`` holds the document's other matching chunks when
+    results are collapsed to documents (best chunk first, this one excluded).
     """
 
     chunk_id: str
@@ -89,6 +92,8 @@ class Hit:
     retrieval_rank: int
     rerank_score: float | None = None
     rerank_rank: int | None = None
+    final_score: float | None = None
+    passages: tuple["Hit", ...] = ()
 
     @property
     def passage(self) -> str:
@@ -97,7 +102,9 @@ class Hit:
 
     @property
     def score(self) -> float:
-        """The score the hit is ordered by: rerank score when reranked, else retrieval."""
+        """The score the hit is ordered by: final (blended) score, else rerank, else retrieval."""
+        if self.final_score is not None:
+            return self.final_score
         return self.retrieval_score if self.rerank_score is None else self.rerank_score
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +119,8 @@ class Hit:
             "retrieval_rank": self.retrieval_rank,
             "rerank_score": self.rerank_score,
             "rerank_rank": self.rerank_rank,
+            "final_score": self.final_score,
+            "passages": [p.to_dict() for p in self.passages],
         }
 
 
