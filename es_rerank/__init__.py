@@ -1,4 +1,4 @@
-"""es-rerank: two-stage retrieval for Elasticsearch.
+"""es-rerank: two-stage retrieval for Elasticsearch and OpenSearch.
 
 Stage one fetches ``depth`` candidates with hybrid BM25 + kNN retrieval fused by
 reciprocal rank fusion; stage two reads the query with each candidate through a
@@ -11,11 +11,12 @@ Example:
     ...     print(hit.rerank_score, hit.retrieval_rank, hit.title)
 """
 
-from ._versions import ES_VERSION
+from ._versions import ES_VERSION, PACKAGE_VERSION
 from .client import Searcher
 from .config import Settings
 from .errors import EsRerankError
-from .types import Document, Hit, SearchResult, Timings
+from .types import Document, Hit, SearchResult, Timings, Usage
 
-__all__ = ["ES_VERSION", "Searcher", "Settings", "EsRerankError", "Document", "Hit", "SearchResult", "Timings"]
-__version__ = "0.1.0"
+__all__ = ["ES_VERSION", "Searcher", "Settings", "EsRerankError", "Document", "Hit", "SearchResult", "Timings",
+           "Usage"]
+__version__ = PACKAGE_VERSION

@@ -5,3 +5,6 @@ The Python client's major.minor in ``pyproject.toml`` and the image tag in
 """
 
 ES_VERSION = "9.2.8"
+
+PACKAGE_VERSION = "0.2.0"
+"""es-rerank's own version (``pyproject.toml`` holds the same; written into index markers)."""

@@ -24,17 +24,6 @@ def word_offsets(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _WORD.finditer(text)]
 
 
-def hf_offsets(tokenizer) -> OffsetTokenizer:
-    """Wrap a Hugging Face (fast) tokenizer as an offset tokenizer, without special tokens."""
-
-    def offsets(text: str) -> Offsets:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                        truncation=False, verbose=False)
-        return [tuple(span) for span in enc["offset_mapping"] if span[1] > span[0]]
-
-    return offsets
-
-
 def chunk_spans(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
     """Token index ranges ``[start, end)`` covering ``n_tokens`` tokens.
 
@@ -78,7 +67,7 @@ class Chunker:
 
     Args:
         tokenize: Offset tokenizer. Defaults to :func:`word_offsets`; the indexer passes
-            the embedder's tokenizer so chunks fit its window.
+            the embedder's ``offsets`` so chunks fit its window.
         size: Tokens per chunk. Defaults to 200 (fits MiniLM's 256-token window with a
             title, and a 512-token cross-encoder with the query).
         overlap: Tokens shared by consecutive chunks. Defaults to 40.

@@ -1,61 +1,67 @@
-"""The ``es-rerank`` command line: a thin layer over the library; the only place that prints."""
+"""The ``es-rerank`` command line: a thin layer over the library; the only place that prints.
+
+Options that every command shares (``--url``, ``--index``, ``--engine``, the models,
+``--device``, ``-v``) are accepted before or after the subcommand. Defaults, environment
+variables and help texts come from :class:`es_rerank.config.Settings`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
+import time
 from typing import Any
 
 import click
 
-from .config import FUSION_MODES, RERANKER_KINDS, SEARCH_MODES, Settings, connect
-from .errors import EsRerankError
+from .config import RERANKER_KINDS, SEARCH_MODES, Settings, explain, setting_help
+from .errors import ConfigError, EsRerankError
+from .redact import redact, safe_text
 
 logger = logging.getLogger(__name__)
 
-
-def _fail_cleanly(fn):
-    """Turn library and transport errors into one-line messages with exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from elastic_transport import TransportError
-        from elasticsearch import ApiError
-
-        try:
-            return fn(*args, **kwargs)
-        except EsRerankError as e:
-            raise click.ClickException(str(e)) from e
-        except TransportError as e:
-            raise click.ClickException(f"Elasticsearch connection failed: {e.message}") from e
-        except ApiError as e:
-            raise click.ClickException(f"Elasticsearch error {e.meta.status}: {e.message}") from e
-
-    return wrapper
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TYPES = {"int": int, "float": float, "bool": bool}
 
 
-def _settings(ctx: click.Context, **overrides: Any) -> Settings:
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return Settings.from_env(**{**ctx.obj, **given})
+# -- options built from Settings ------------------------------------------------------------
+
+def setting_option(name: str, *decls: str, flag: bool = False, **kwargs: Any):
+    """A click option for the setting ``name``: its type, choices and help come from Settings.
+
+    The option has no default and no ``envvar``: an absent option falls through to the
+    environment and then the default, resolved once by :meth:`Settings.from_env`.
+    """
+    f = _FIELDS[name]
+    type_name = str(f.type).split(" ")[0]
+    options: dict[str, Any] = {"default": None, "help": setting_help(name), "show_default": False}
+    if flag:
+        options["is_flag"] = True
+    elif f.metadata.get("choices"):
+        options["type"] = click.Choice(f.metadata["choices"])
+    elif type_name in _TYPES:
+        options["type"] = _TYPES[type_name]
+    options.update(kwargs)
+    named = any(not d.startswith("-") for d in decls)  # the caller chose the parameter's name
+    return click.option(*decls, **options) if named else click.option(*decls, name, **options)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--url", envvar="ES_URL", default=None, help="Elasticsearch URL [env ES_URL; default http://127.0.0.1:9200].")
-@click.option("--index", "index", envvar="ES_RERANK_INDEX", default=None, help="Index name [env ES_RERANK_INDEX; default es-rerank].")
-@click.option("--embedding-model", envvar="ES_RERANK_EMBEDDING_MODEL", default=None,
-              help="Sentence-transformers model name or local path [env ES_RERANK_EMBEDDING_MODEL].")
-@click.option("--reranker-model", envvar="ES_RERANK_RERANKER_MODEL", default=None,
-              help="Cross-encoder model name or local path [env ES_RERANK_RERANKER_MODEL].")
-@click.option("--device", envvar="ES_RERANK_DEVICE", default=None, help="Torch device (cpu, cuda) [env ES_RERANK_DEVICE].")
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
-@click.version_option(package_name="es-rerank")
-@click.pass_context
-def cli(ctx: click.Context, url, index, embedding_model, reranker_model, device, verbose):
-    """Two-stage retrieval for Elasticsearch: hybrid BM25 + kNN with RRF, then a reranker."""
+def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep a shared option's value for the command (given after the subcommand, it wins)."""
+    if value is not None and value != 0:
+        ctx.find_root().ensure_object(dict)[param.name] = value
+        if param.name == "verbose":
+            _configure_logging(value)
+    return value
+
+
+def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     if verbose == 0:
         # model loading draws its own progress bars; keep stderr for our bar and our reports
@@ -63,243 +69,545 @@ def cli(ctx: click.Context, url, index, embedding_model, reranker_model, device,
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         # the transport logs each failed try with a traceback; our one-line error says it all
         logging.getLogger("elastic_transport").setLevel(logging.ERROR)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"url": url, "index": index, "embedding_model": embedding_model,
-               "reranker_model": reranker_model, "device": device}
+        logging.getLogger("opensearch").setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(h, _RedactingHandler) for h in root.handlers):
+        handler = _RedactingHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
-# -- cluster -----------------------------------------------------------------------
+class _RedactingHandler(logging.StreamHandler):
+    """Log lines go through the one redaction function: URL credentials and secrets never print."""
 
-@cli.group()
-def cluster():
-    """Run a local single-node Elasticsearch without Docker (fetched from Maven Central)."""
-
-
-def _local_cluster(port: int | None):
-    from .cluster import LocalCluster
-
-    return LocalCluster(port=port)
+    def format(self, record: logging.LogRecord) -> str:
+        secrets = [os.environ.get(v) for v in ("ES_PASSWORD", "ES_API_KEY", "ES_RERANK_LLM_API_KEY")]
+        return safe_text(redact(super().format(record), secrets))
 
 
-_port_option = click.option("--port", type=int, default=None, envvar="ES_RERANK_CLUSTER_PORT",
-                            help="HTTP port [env ES_RERANK_CLUSTER_PORT; default 9200].")
+_SHARED = [
+    setting_option("url", "--url", expose_value=False, callback=_store),
+    setting_option("index", "--index", expose_value=False, callback=_store),
+    setting_option("engine", "--engine", expose_value=False, callback=_store),
+    setting_option("embedding_model", "--embedding-model", expose_value=False, callback=_store),
+    setting_option("reranker_model", "--reranker-model", expose_value=False, callback=_store),
+    setting_option("device", "--device", expose_value=False, callback=_store),
+    click.option("-v", "--verbose", count=True, expose_value=False, callback=_store,
+                 help="Log more (-v info, -vv debug)."),
+]
 
 
-@cluster.command("start")
-@_port_option
-@click.option("--timeout", type=float, default=180.0, help="Seconds to wait for the node to become healthy.")
-@_fail_cleanly
-def cluster_start(port, timeout):
-    """Fetch (once) and start the local node; a no-op when it already runs."""
-    c = _local_cluster(port)
-    url = c.start(timeout=timeout)
-    status = c.status()
-    click.echo(f"Elasticsearch {status['version']} is up at {url} (health {status['health']}); "
-               f"export ES_URL={url}")
+def shared_options(fn):
+    """Add the options every command accepts (before or after the subcommand)."""
+    for option in reversed(_SHARED):
+        fn = option(fn)
+    return fn
 
 
-@cluster.command("stop")
-@_port_option
-@_fail_cleanly
-def cluster_stop(port):
-    """Stop the local node."""
-    stopped = _local_cluster(port).stop()
-    click.echo("stopped" if stopped else "not running")
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    shared = {k: v for k, v in (ctx.find_root().obj or {}).items() if k != "verbose"}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings.from_env(**{**shared, **given})
 
 
-@cluster.command("status")
-@_port_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_fail_cleanly
-def cluster_status(port, as_json):
-    """Show whether the local node runs; exit 1 when it does not."""
-    status = _local_cluster(port).status()
-    if as_json:
-        click.echo(json.dumps(status, indent=2))
-    elif status["running"]:
-        click.echo(f"running: Elasticsearch {status['version']} at {status['url']} (health {status['health']})")
-    else:
-        click.echo(f"not running at {status['url']}")
-    sys.exit(0 if status["running"] else 1)
+def _secrets() -> list[str | None]:
+    return [os.environ.get(v) for v in ("ES_PASSWORD", "ES_API_KEY", "ES_RERANK_LLM_API_KEY")]
 
 
-# -- index -------------------------------------------------------------------------
-
-@cli.command("index")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--recreate", is_flag=True, help="Delete the index first and build it anew.")
-@click.option("--skip-bad", is_flag=True, help="Exit 0 even when records were rejected (they are still reported).")
-@click.option("--chunk-tokens", type=int, default=None, envvar="ES_RERANK_CHUNK_TOKENS", help="Tokens per chunk [default 200].")
-@click.option("--chunk-overlap", type=int, default=None, envvar="ES_RERANK_CHUNK_OVERLAP", help="Tokens shared by neighbouring chunks [default 40].")
-@click.option("--embed-batch-size", type=int, default=None, envvar="ES_RERANK_EMBED_BATCH_SIZE", help="Chunks per embedding batch [default 32].")
-@click.option("--bulk-size", type=int, default=200, help="Actions per bulk request.")
-@click.option("--max-document-chars", type=int, default=None,
-              help="Reject longer documents [env ES_RERANK_MAX_DOCUMENT_CHARS; default 1000000].")
-@click.option("--analyzer", default="standard", help="Analyzer for title and text (e.g. english, where installed).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-@click.pass_context
-@_fail_cleanly
-def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed_batch_size, bulk_size,
-              max_document_chars, analyzer, as_json, progress):
-    """Chunk, embed and index documents from JSONL, CSV, .txt/.md files or folders.
-
-    JSONL lines hold id (or _id), text, and optionally title and metadata; CSV files
-    have a header with id and text (other columns become metadata); folders are read
-    for .txt and .md files. Every rejected record is reported with its line.
-    """
-    s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size,
-                  max_document_chars=max_document_chars)
-    report = _index(s, paths, recreate=recreate, analyzer=analyzer, bulk_size=bulk_size, progress=progress)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(f"index {s.index}: {report.documents_read} documents read, {report.documents_indexed} indexed "
-                   f"as {report.chunks_indexed} chunks, {len(report.rejected)} rejected "
-                   f"({report.seconds:.1f}s, {report.docs_per_second:.1f} docs/s)")
-        if report.stale_chunks_deleted:
-            click.echo(f"removed {report.stale_chunks_deleted} chunks left over from longer earlier versions")
-        for r in report.rejected:
-            ident = f" id={r.doc_id}" if r.doc_id else ""
-            click.echo(f"rejected {r.where()}{ident}: {r.reason}", err=True)
-    if report.rejected and not skip_bad:
-        sys.exit(1)
+def _clean(text: str) -> str:
+    """What may reach the terminal: secrets masked, control characters gone."""
+    return safe_text(redact(str(text), _secrets()))
 
 
-def _index(s: Settings, paths, *, recreate: bool, analyzer: str = "standard", bulk_size: int = 200,
-           progress: bool = True):
-    from tqdm import tqdm
-
-    from .embedding import build_embedder
-    from .indexing import index_paths
-
-    embedder = build_embedder(s)
-    bar = tqdm(desc="indexing", unit="doc", disable=not progress, file=sys.stderr)
-
-    def on_progress(report):
-        bar.update(report.documents_read - bar.n)  # tqdm throttles redraws itself
-
-    try:
-        return index_paths(connect(s), paths, settings=s, embedder=embedder, recreate=recreate,
-                           analyzer=analyzer, bulk_chunk_size=bulk_size, on_progress=on_progress)
-    finally:
-        bar.close()
+def _echo(text: str = "", *, err: bool = False) -> None:
+    click.echo(_clean(text), err=err)
 
 
-# -- query -------------------------------------------------------------------------
+def _fail_cleanly(fn):
+    """Library errors become one-line messages with exit code 1; nothing unredacted escapes."""
 
-def _parse_filters(pairs: tuple[str, ...]) -> dict[str, Any] | None:
-    filters: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--filter")
-        key, value = pair.split("=", 1)
-        filters[key.strip()] = value.split(",") if "," in value else value
-    return filters or None
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except EsRerankError as e:
+            raise click.ClickException(_clean(str(e))) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+        except Exception as e:  # noqa: BLE001 - an unexpected failure: say what, never leak a secret
+            logger.debug("unexpected error", exc_info=True)
+            raise click.ClickException(_clean(f"unexpected error: {type(e).__name__}: {e}")) from None
+
+    return wrapper
 
 
-@cli.command("query")
-@click.argument("text")
-@click.option("--depth", type=int, default=None, help="Candidates to retrieve and rerank [env ES_RERANK_DEPTH; default 50].")
-@click.option("--final-k", type=int, default=None, help="Hits to return [env ES_RERANK_FINAL_K; default 5].")
-@click.option("--mode", type=click.Choice(SEARCH_MODES), default="hybrid", help="First-stage retrieval.")
-@click.option("--fusion", type=click.Choice(FUSION_MODES), default=None, envvar="ES_RERANK_FUSION",
-              help="RRF on the server, in Python, or detect [default auto].")
-@click.option("--reranker", "reranker_kind", type=click.Choice(RERANKER_KINDS), default=None,
-              help="Second stage [env ES_RERANK_RERANKER; default cross-encoder].")
-@click.option("--instructions", default=None,
-              help="LLM rerankers: extra instructions for the prompt, e.g. 'prefer recent documents'.")
-@click.option("--allow-reranker-failures", is_flag=True, default=None,
-              help="On a reranker failure print the retrieval order (reranked: false) instead of failing.")
-@click.option("--no-rerank", is_flag=True, help="Return the retrieval order (same as --reranker none).")
-@click.option("--normalize", is_flag=True, help="Report sigmoid(logit) in [0, 1] instead of raw reranker scores.")
-@click.option("--filter", "filter_pairs", multiple=True, metavar="KEY=VALUE",
-              help="Metadata filter; repeat for AND, comma-separate values for OR.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--explain", is_flag=True, help="Show retrieval rank -> rerank rank and both scores.")
-@click.pass_context
-@_fail_cleanly
-def query_cmd(ctx, text, depth, final_k, mode, fusion, reranker_kind, instructions, allow_reranker_failures,
-              no_rerank, normalize, filter_pairs, as_json, explain):
-    """Search: retrieve DEPTH candidates, rerank them, print the best FINAL_K."""
-    from .client import Searcher
-    from .rerankers import build_reranker
-
-    # depth and final_k go to search(), which validates them with messages that say what to change.
-    s = _settings(ctx, fusion=fusion, reranker="none" if no_rerank else reranker_kind,
-                  allow_reranker_failures=allow_reranker_failures)
-    reranker = None
-    if s.reranker != "none":
-        reranker = build_reranker(s.reranker, s, normalize=normalize, instructions=instructions)
-    searcher = Searcher(s, reranker=reranker)
-    searcher.load_models(rerank=reranker is not None)
-    result = searcher.search(text, depth=depth, final_k=final_k, filters=_parse_filters(filter_pairs),
-                             mode=mode, rerank=reranker is not None)
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
         return
-    _print_result(result, explain=explain)
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ._versions import ES_VERSION, PACKAGE_VERSION
+
+    lines = [f"es-rerank {PACKAGE_VERSION}"]
+    for dist in ("elasticsearch", "opensearch-py", "onnxruntime", "tokenizers", "openvino", "torch"):
+        try:
+            lines.append(f"  {dist} {version(dist)}")
+        except PackageNotFoundError:
+            pass
+    lines.append(f"  tested against Elasticsearch {ES_VERSION}")
+    try:
+        settings = Settings.from_env()
+        from .engines import open_engine
+
+        with open_engine(settings.replace(request_timeout=3.0)) as engine:
+            info = engine.info()
+        lines.append(f"  server: {info['engine']} {info['version']} at {settings.safe_url}")
+    except Exception as e:  # noqa: BLE001 - the version of the client is still worth printing
+        lines.append(f"  server: not reachable ({type(e).__name__})")
+    try:
+        settings = Settings.from_env()
+        lines.append(f"  embedder: {settings.embedding_model} ({settings.embedding_backend})")
+        lines.append(f"  reranker: {settings.reranker} {settings.reranker_model} ({settings.reranker_backend})")
+    except ConfigError as e:
+        lines.append(f"  settings: {e}")
+    for line in lines:
+        _echo(line)
+    ctx.exit(0)
 
 
-def _print_result(result, *, explain: bool) -> None:
-    t = result.timings
-    how = f"{result.mode}" + (f" ({result.fusion} RRF)" if result.fusion else "")
-    stage2 = f"reranked by {result.reranker}" if result.reranked else "not reranked"
-    if result.rerank_error:
-        stage2 += f" (reranker failed: {result.rerank_error}; showing the retrieval order)"
-    click.echo(f"{len(result.hits)} of {result.candidates} candidates · {how} · {stage2}")
-    line = f"retrieval {t.retrieval_ms:.0f} ms · rerank {t.rerank_ms:.0f} ms · total {t.total_ms:.0f} ms"
-    if result.usage:
-        u = result.usage
-        line += (f" · LLM: {u['requests']} requests, {u['prompt_tokens'] + u['completion_tokens']} tokens, "
-                 f"{u['fallbacks']} fallbacks")
-    click.echo(line + "\n")
-    for pos, h in enumerate(result.hits, start=1):
-        snippet = textwrap.shorten(" ".join(h.text.split()), width=110, placeholder=" ...")
-        title = f"{h.title} " if h.title else ""
-        click.echo(f"{pos}. [{h.score:.3f}] {title}({h.chunk_id})")
-        click.echo(f"   {snippet}")
-        if explain:
-            rr = f"{h.rerank_rank}" if h.rerank_rank is not None else "-"
-            rs = f"{h.rerank_score:.4f}" if h.rerank_score is not None else "-"
-            click.echo(f"   retrieval rank {h.retrieval_rank} -> rerank rank {rr}; "
-                       f"retrieval score {h.retrieval_score:.4f}, rerank score {rs}")
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@shared_options
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show es-rerank's, the clients', the server's and the models' versions.")
+@click.pass_context
+def cli(ctx: click.Context):
+    """Two-stage retrieval for Elasticsearch and OpenSearch: hybrid BM25 + kNN with RRF, then a reranker."""
+    ctx.ensure_object(dict)
+    _configure_logging(ctx.obj.get("verbose", 0))
 
 
 def main() -> None:
     cli(prog_name="es-rerank")
 
 
-# -- evaluation --------------------------------------------------------------------
+# -- cluster -----------------------------------------------------------------------------
+
+@cli.group()
+@shared_options
+def cluster():
+    """Run a local single-node Elasticsearch or OpenSearch without Docker (from Maven Central)."""
+
+
+def _local_cluster(engine: str | None, port: int | None):
+    from .cluster import LocalCluster
+
+    return LocalCluster(engine=engine or "elasticsearch", port=port)
+
+
+_cluster_options = [
+    click.option("--port", type=int, default=None,
+                 help="HTTP port [env ES_RERANK_CLUSTER_PORT; default 9200]."),
+    click.option("--engine", "cluster_engine", type=click.Choice(["elasticsearch", "opensearch"]), default=None,
+                 help="Which engine to run [default elasticsearch]."),
+]
+
+
+def _with_cluster_options(fn):
+    for option in reversed(_cluster_options):
+        fn = option(fn)
+    return fn
+
+
+@cluster.command("start")
+@_with_cluster_options
+@click.option("--timeout", type=float, default=180.0, help="Seconds to wait for the node to become healthy.")
+@_fail_cleanly
+def cluster_start(port, cluster_engine, timeout):
+    """Fetch (once) and start the local node; a no-op when it already runs."""
+    c = _local_cluster(cluster_engine, port)
+    url = c.start(timeout=timeout)
+    status = c.status()
+    name = "OpenSearch" if status.get("engine") == "opensearch" else "Elasticsearch"
+    _echo(f"{name} {status['version']} is up at {url} (health {status['health']}); export ES_URL={url}")
+
+
+@cluster.command("stop")
+@_with_cluster_options
+@_fail_cleanly
+def cluster_stop(port, cluster_engine):
+    """Stop the local node (only a process that is provably the node this command started)."""
+    stopped = _local_cluster(cluster_engine, port).stop()
+    _echo("stopped" if stopped else "not running")
+
+
+@cluster.command("status")
+@_with_cluster_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_fail_cleanly
+def cluster_status(port, cluster_engine, as_json):
+    """Show whether the local node runs; exit 1 when it does not."""
+    status = _local_cluster(cluster_engine, port).status()
+    if as_json:
+        _echo(json.dumps(status, indent=2, default=str))
+    elif status["running"]:
+        _echo(f"running: {status.get('engine', 'elasticsearch')} {status['version']} at {status['url']} "
+              f"(health {status['health']})")
+    else:
+        _echo(f"not running at {status['url']}")
+    sys.exit(0 if status["running"] else 1)
+
+
+# -- index ---------------------------------------------------------------------------------
+
+def _progress_bar(desc: str, unit: str, enabled: bool, total: int | None = None):
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, total=total, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, progress: bool, include_hidden: bool,
+               follow_symlinks: bool):
+    from .embedding import build_embedder
+    from .indexing import index_paths
+
+    bar = _progress_bar("indexing", "doc", progress)
+
+    def on_progress(report):
+        if report.expected is not None and bar.total != report.expected:
+            bar.total = report.expected
+            bar.refresh()
+        done = report.documents_indexed + len(report.rejected)
+        bar.update(done - bar.n)  # tqdm throttles redraws itself
+
+    try:
+        return index_paths(engine, paths, settings=s, embedder=build_embedder(s), recreate=recreate,
+                           bulk_chunk_size=bulk_size, include_hidden=include_hidden, follow_symlinks=follow_symlinks,
+                           on_progress=on_progress)
+    finally:
+        bar.close()
+
+
+@cli.command("index")
+@shared_options
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--recreate", is_flag=True,
+              help="Build a new index and swap it in when complete (the current one serves until then).")
+@click.option("--skip-bad", is_flag=True, help="Exit 0 even when records were rejected (they are still reported).")
+@setting_option("chunk_tokens", "--chunk-tokens")
+@setting_option("chunk_overlap", "--chunk-overlap")
+@setting_option("embed_batch_size", "--embed-batch-size")
+@setting_option("max_document_chars", "--max-document-chars")
+@setting_option("analyzer", "--analyzer")
+@click.option("--bulk-size", type=int, default=200, help="Actions per bulk request.")
+@click.option("--include-hidden", is_flag=True, help="Also read hidden files and folders inside folders.")
+@click.option("--follow-symlinks", is_flag=True, help="Also follow symlinks that lead out of a given folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar (with total and ETA) on stderr.")
+@click.pass_context
+@_fail_cleanly
+def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed_batch_size, max_document_chars,
+              analyzer, bulk_size, include_hidden, follow_symlinks, as_json, progress):
+    """Chunk, embed and index documents from JSONL, CSV, .txt/.md files or folders.
+
+    JSONL lines hold id (or _id), text, and optionally title and metadata; CSV files
+    have a header with id and text (other columns become metadata); folders are read
+    for .txt and .md files. Every rejected record is reported with its line.
+    """
+    from .engines import open_engine
+
+    if bulk_size < 1:
+        raise click.BadParameter(f"must be >= 1, got {bulk_size}", param_hint="--bulk-size")
+    s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size,
+                  max_document_chars=max_document_chars, analyzer=analyzer)
+    with open_engine(s) as engine:
+        report = _run_index(s, engine, paths, recreate=recreate, bulk_size=bulk_size, progress=progress,
+                            include_hidden=include_hidden, follow_symlinks=follow_symlinks)
+    if as_json:
+        _echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        how = f"built {report.concrete} and switched {report.index} to it" if report.rebuilt else \
+            f"wrote into {report.concrete}"
+        _echo(f"index {report.index}: {report.documents_read} documents read, {report.documents_indexed} indexed "
+              f"as {report.chunks_indexed} chunks, {len(report.rejected)} rejected "
+              f"({report.seconds:.1f}s, {report.docs_per_second:.1f} docs/s; {how})")
+        if report.replaced:
+            _echo(f"replaced and deleted {', '.join(report.replaced)}")
+        if report.stale_chunks_deleted:
+            _echo(f"removed {report.stale_chunks_deleted} chunks left over from longer earlier versions")
+        if report.skipped:
+            _echo(f"skipped {len(report.skipped)} files (use --include-hidden / --follow-symlinks where meant):",
+                  err=True)
+            for path, why in report.skipped:
+                _echo(f"  skipped {path}: {why}", err=True)
+        for r in report.rejected:
+            ident = f" id={r.doc_id}" if r.doc_id else ""
+            _echo(f"rejected {r.where()}{ident}: {r.reason}", err=True)
+    if report.rejected and not skip_bad:
+        sys.exit(1)
+
+
+# -- query ---------------------------------------------------------------------------------
+
+_FILTER = re.compile(r"^(?P<key>[^<>=!]+?)\s*(?P<op>>=|<=|>|<|=)\s*(?P<value>.*)$", re.S)
+_RANGE_OPS = {">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
+
+
+def parse_filters(pairs: tuple[str, ...]) -> dict[str, Any] | None:
+    """``key=value`` (exact), ``key=a,b`` (any of), ``key>=v`` / ``<=`` / ``>`` / ``<`` (range).
+
+    Repeating a key with range operators combines the bounds (``year>=2020 year<2024``).
+
+    Raises:
+        click.BadParameter: A filter that does not parse.
+    """
+    filters: dict[str, Any] = {}
+    for pair in pairs:
+        m = _FILTER.match(pair)
+        if m is None or not m.group("key").strip():
+            raise click.BadParameter(f"expected key=value, key>=value, key<=value, key>value or key<value, "
+                                     f"got {pair!r}", param_hint="--filter")
+        key, op, value = m.group("key").strip(), m.group("op"), m.group("value").strip()
+        if op == "=":
+            if key in filters:
+                raise click.BadParameter(f"{key!r} is given twice; use {key}=a,b for any of", param_hint="--filter")
+            filters[key] = [v.strip() for v in value.split(",")] if "," in value else value
+        else:
+            bounds = filters.setdefault(key, {})
+            if not isinstance(bounds, dict):
+                raise click.BadParameter(f"{key!r} has both an exact value and a range", param_hint="--filter")
+            bounds[_RANGE_OPS[op]] = _number(value)
+    return filters or None
+
+
+def _number(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value  # a date, compared by the engine
+
+
+@cli.command("query")
+@shared_options
+@click.argument("text")
+@setting_option("depth", "--depth")
+@setting_option("final_k", "--final-k")
+@click.option("--mode", type=click.Choice(SEARCH_MODES), default="hybrid", help="First-stage retrieval.")
+@setting_option("fusion", "--fusion")
+@setting_option("reranker", "--reranker", "reranker_kind")
+@setting_option("blend", "--blend")
+@setting_option("blend_weight", "--blend-weight")
+@click.option("--chunks", is_flag=True, help="One result per chunk instead of per document (ES_RERANK_RESULTS=chunks).")
+@click.option("--instructions", default=None,
+              help="LLM rerankers: extra instructions for the prompt, e.g. 'prefer recent documents'.")
+@setting_option("allow_reranker_failures", "--allow-reranker-failures", flag=True)
+@click.option("--no-rerank", is_flag=True, help="Return the retrieval order (same as --reranker none).")
+@click.option("--normalize", is_flag=True, help="Report sigmoid(logit) in [0, 1] instead of raw reranker scores.")
+@click.option("--filter", "filter_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Filter on title, doc_id or metadata: key=value, key=a,b (any of), key>=v, key<v ... "
+                   "Repeat for AND.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--explain", is_flag=True, help="Show retrieval rank -> rerank rank and both scores.")
+@click.pass_context
+@_fail_cleanly
+def query_cmd(ctx, text, depth, final_k, mode, fusion, reranker_kind, blend, blend_weight, chunks, instructions,
+              allow_reranker_failures, no_rerank, normalize, filter_pairs, as_json, explain):
+    """Search: retrieve DEPTH candidates, rerank them, print the best FINAL_K."""
+    from .client import Searcher, validate_query, validate_sizes
+    from .rerankers import build_reranker
+
+    started = time.perf_counter()
+    # everything that can be checked without the cluster or a model is checked first
+    s = _settings(ctx, fusion=fusion, reranker="none" if no_rerank else reranker_kind, blend=blend,
+                  blend_weight=blend_weight, results="chunks" if chunks else None,
+                  allow_reranker_failures=allow_reranker_failures)
+    depth = s.depth if depth is None else depth
+    final_k = s.final_k if final_k is None else final_k
+    validate_query(text)
+    validate_sizes(depth, final_k)
+    filters = parse_filters(filter_pairs)
+    reranker = None
+    if s.reranker != "none":
+        reranker = build_reranker(s.reranker, s, normalize=normalize, instructions=instructions)
+    with Searcher(s, reranker=reranker) as searcher:
+        searcher.check_index()
+        loads = searcher.load_models(rerank=reranker is not None)
+        result = searcher.search(text, depth=depth, final_k=final_k, filters=filters, mode=mode,
+                                 rerank=reranker is not None)
+    if as_json:
+        data = result.to_dict()
+        data["timings"]["model_load_ms"] = round(sum(loads.values()) * 1000, 3)
+        data["timings"]["command_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        _echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
+        return
+    _print_result(result, explain=explain, load_s=sum(loads.values()))
+
+
+def _print_result(result, *, explain: bool, load_s: float) -> None:
+    t = result.timings
+    how = f"{result.mode}" + (f" ({result.fusion} RRF)" if result.fusion else "")
+    stage2 = f"reranked by {result.reranker}" if result.reranked else "not reranked"
+    if result.rerank_error:
+        stage2 += f" (reranker failed: {result.rerank_error}; showing the retrieval order)"
+    _echo(f"{len(result.hits)} results from {result.candidates} candidate chunks · {how} · {stage2}")
+    line = (f"retrieval {t.retrieval_ms:.0f} ms · rerank {t.rerank_ms:.0f} ms · search {t.total_ms:.0f} ms "
+            f"(+ {load_s * 1000:.0f} ms loading models)")
+    if result.usage and result.usage.requests:
+        u = result.usage
+        line += f" · LLM: {u.requests} requests, {u.tokens} tokens, {u.fallbacks} fallbacks"
+    _echo(line + "\n")
+    for pos, h in enumerate(result.hits, start=1):
+        snippet = textwrap.shorten(" ".join(h.text.split()), width=110, placeholder=" ...")
+        title = f"{h.title} " if h.title else ""
+        more = f" +{len(h.passages)} more passages" if h.passages else ""
+        _echo(f"{pos}. [{h.score:.3f}] {title}({h.chunk_id}){more}")
+        _echo(f"   {snippet}")
+        if explain:
+            rr = f"{h.rerank_rank}" if h.rerank_rank is not None else "-"
+            rs = f"{h.rerank_score:.4f}" if h.rerank_score is not None else "-"
+            _echo(f"   retrieval rank {h.retrieval_rank} -> rerank rank {rr}; "
+                  f"retrieval score {h.retrieval_score:.4f}, rerank score {rs}"
+                  + (f", final score {h.final_score:.4f}" if h.final_score is not None else ""))
+
+
+# -- inspect and delete ------------------------------------------------------------------------
+
+@cli.command("indices")
+@shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_fail_cleanly
+def indices_cmd(ctx, as_json):
+    """List es-rerank's indices: documents, chunks, embedder, dims, created."""
+    from .engines import open_engine
+    from .lifecycle import list_owned
+
+    with open_engine(_settings(ctx)) as engine:
+        rows = list_owned(engine)
+    if as_json:
+        _echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2, default=str))
+        return
+    if not rows:
+        _echo("no es-rerank indices")
+        return
+    _echo(f"{'name':<30} {'index':<42} {'docs':>8} {'chunks':>8} {'dims':>5}  {'created':<25} embedder")
+    for r in rows:
+        _echo(f"{r.name:<30} {r.index:<42} {r.documents:>8} {r.chunks:>8} {r.dims or '-':>5}  "
+              f"{r.created or '-':<25} {r.embedder or '-'}" + ("" if r.state in (None, "ready") else f" [{r.state}]"))
+
+
+@cli.command("delete")
+@shared_options
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+@_fail_cleanly
+def delete_cmd(ctx, name, yes):
+    """Delete an es-rerank index (by its name or alias). Indices es-rerank did not create are refused."""
+    from .engines import open_engine, validate_index_name
+    from .errors import IndexMissingError
+    from .lifecycle import delete, require_owned
+
+    validate_index_name(name)
+    with open_engine(_settings(ctx)) as engine:
+        state = engine.state(name)
+        if state.kind == "missing":
+            raise IndexMissingError(name)
+        require_owned(state)
+        if not yes:
+            click.confirm(_clean(f"delete {name} ({', '.join(state.indices)})?"), abort=True)
+        deleted = delete(engine, name)
+    _echo(f"deleted {', '.join(deleted)}")
+
+
+@cli.command("delete-docs")
+@shared_options
+@click.option("--id", "doc_ids", multiple=True, required=True, help="Document id (repeatable).")
+@click.pass_context
+@_fail_cleanly
+def delete_docs_cmd(ctx, doc_ids):
+    """Delete documents (all their chunks) from the es-rerank index --index."""
+    from .engines import open_engine
+    from .indexing import delete_documents
+
+    s = _settings(ctx)
+    with open_engine(s) as engine:
+        counts = delete_documents(engine, s.index, list(doc_ids))
+    for doc_id, n in counts.items():
+        _echo(f"{doc_id}: {n} chunks deleted" if n else f"{doc_id}: not found")
+    if not any(counts.values()):
+        sys.exit(1)
+
+
+@cli.command("config")
+@shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_fail_cleanly
+def config_cmd(ctx, as_json):
+    """Show the settings in effect (secrets masked) and where each came from."""
+    shared = {k: v for k, v in (ctx.find_root().obj or {}).items() if k != "verbose"}
+    rows = explain(**shared)
+    if as_json:
+        _echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    width = max(len(r.env) for r in rows)
+    for r in rows:
+        _echo(f"{r.env:<{width}}  {r.value}  ({r.source})")
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+def _command_line() -> str:
+    import shlex
+
+    return _clean(shlex.join(["es-rerank", *sys.argv[1:]]))
+
 
 def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):
-    """Load the collection, index its corpus when needed, and return (settings, data, searcher)."""
-    from pathlib import Path
-
+    """Load the collection, prepare its evaluation index, return (settings, data, searcher, prepared)."""
     from .client import Searcher
+    from .embedding import build_embedder
+    from .engines import open_engine
     from .evaluate.data import load_beir
+    from .evaluate.prepare import prepare_index
 
-    index = ctx.obj.get("index") or f"eval-{Path(data_dir).resolve().name}"
-    s = _settings(ctx, index=index)
+    s = _settings(ctx)
     data = load_beir(data_dir, split)
     if data.unknown_query_ids:
-        click.echo(f"warning: {len(data.unknown_query_ids)} judged query ids are not in queries.jsonl "
-                   "(left out)", err=True)
+        _echo(f"warning: {len(data.unknown_query_ids)} judged query ids are not in queries.jsonl (left out)", err=True)
     if data.unknown_doc_ids:
-        click.echo(f"warning: {len(data.unknown_doc_ids)} judged document ids are not in corpus.jsonl "
-                   "(they count as misses)", err=True)
-    es = connect(s)
-    if reindex or not es.indices.exists(index=s.index):
-        click.echo(f"indexing {data.corpus_path} into {s.index} ...", err=True)
-        report = _index(s, [str(data.corpus_path)], recreate=True, progress=progress)
-        # one segment: kNN over a merged HNSW graph gives the same answers run after run
-        es.indices.forcemerge(index=s.index, max_num_segments=1)
-        click.echo(f"indexed {report.documents_indexed} documents as {report.chunks_indexed} chunks "
-                   f"in {report.seconds:.0f}s ({len(report.rejected)} rejected)", err=True)
-    return s, data, Searcher(s, es=es)
+        _echo(f"warning: {len(data.unknown_doc_ids)} judged document ids are not in corpus.jsonl "
+              "(they count as misses)", err=True)
+    engine = open_engine(s)
+    embedder = build_embedder(s)
+    bar = _progress_bar("indexing corpus", "doc", progress)
+
+    def on_progress(report):
+        if report.expected is not None and bar.total != report.expected:
+            bar.total = report.expected
+            bar.refresh()
+        bar.update(report.documents_indexed + len(report.rejected) - bar.n)
+
+    try:
+        prepared = prepare_index(engine, data, s, embedder, reindex=reindex, on_progress=on_progress)
+    finally:
+        bar.close()
+    if prepared.built:
+        r = prepared.report
+        _echo(f"indexed {r.documents_indexed} documents as {r.chunks_indexed} chunks into {prepared.name} "
+              f"in {prepared.seconds:.0f}s ({len(r.rejected)} rejected)", err=True)
+    else:
+        _echo(f"using {prepared.name} (built earlier from the same corpus and settings)", err=True)
+    s = s.replace(index=prepared.name)
+    return s, data, Searcher(s, engine=engine, embedder=embedder), prepared
 
 
-def _rerankers(s: Settings, names: tuple[str, ...], instructions: str | None = None) -> dict:
+def _rerankers(s: Settings, names, instructions: str | None = None) -> dict:
     from .rerankers import build_reranker
 
     # no score cache: every query's rerank latency is real
@@ -307,31 +615,13 @@ def _rerankers(s: Settings, names: tuple[str, ...], instructions: str | None = N
             if name != "none"}
 
 
-def _command_line() -> str:
-    import shlex
-
-    return shlex.join(["es-rerank", *sys.argv[1:]])
-
-
-def _progress_bar(desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=desc, unit="query", disable=not enabled, file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    return bar, update
-
-
 _data_options = [
     click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
                  help="Collection in BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),
     click.option("--split", default="test", help="Qrels split."),
-    click.option("--final-k", type=int, default=5, help="The k users see."),
-    click.option("--fusion", type=click.Choice(FUSION_MODES), default=None, help="Hybrid fusion [default auto]."),
-    click.option("--reindex", is_flag=True, help="Index the corpus again even if the index exists."),
+    setting_option("final_k", "--final-k"),
+    setting_option("fusion", "--fusion"),
+    click.option("--reindex", is_flag=True, help="Build the collection's evaluation index again."),
     click.option("--max-queries", type=int, default=None, help="Only the first N queries (file order)."),
     click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
                  help="Write results.json, results.md (and the plot) here."),
@@ -345,9 +635,22 @@ def _with_data_options(fn):
     return fn
 
 
+def _query_bar(desc: str, enabled: bool):
+    bar = _progress_bar(desc, "query", enabled)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+            bar.refresh()
+        bar.update(done - bar.n)
+
+    return bar, update
+
+
 @cli.command("eval")
+@shared_options
 @_with_data_options
-@click.option("--depth", type=int, default=50, help="Candidates retrieved and reranked.")
+@setting_option("depth", "--depth")
 @click.option("--reranker", "reranker_names", multiple=True, default=("cross-encoder",),
               type=click.Choice(RERANKER_KINDS),
               help="Reranker(s) to evaluate on the hybrid candidates. Repeatable.")
@@ -362,27 +665,36 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_di
     from .evaluate.report import eval_table, write_eval
     from .evaluate.runner import run_eval
 
-    s, data, searcher = _eval_setup(ctx, data_dir, split, reindex, progress)
-    rerankers = _rerankers(s, reranker_names, instructions)
-    bar, update = _progress_bar("evaluating", progress)
-    try:
-        report = run_eval(searcher, data, depth=depth, final_k=final_k, rerankers=rerankers, fusion=fusion,
-                          max_queries=max_queries, on_query=update)
-    finally:
-        bar.close()
-    report.environment["reranker_model"] = s.reranker_model
-    report.environment["command"] = _command_line()
-    click.echo(f"{report.queries} queries of {Path(data_dir).name}/{split}, depth {depth}, final_k {final_k}, "
-               f"reranker model {s.reranker_model}\n")
-    click.echo(eval_table(report))
-    click.echo("\n" + report.gap["summary"])
-    click.echo(f"\nwall time {report.wall_seconds:.0f}s")
+    started = time.perf_counter()
+    base = _settings(ctx, final_k=final_k, depth=depth)
+    depth, final_k = base.depth, base.final_k
+    if max_queries is not None and max_queries < 1:
+        raise click.BadParameter(f"must be >= 1, got {max_queries}", param_hint="--max-queries")
+    s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
+    with searcher:
+        rerankers = _rerankers(s, reranker_names, instructions)
+        bar, update = _query_bar("evaluating", progress)
+        try:
+            report = run_eval(searcher, data, depth=depth, final_k=final_k, rerankers=rerankers, fusion=fusion,
+                              max_queries=max_queries, on_query=update)
+        finally:
+            bar.close()
+    report.wall_seconds = time.perf_counter() - started
+    report.environment.update(reranker_model=s.reranker_model, command=_command_line(),
+                              index_seconds=round(prepared.seconds, 1), index_built=prepared.built)
+    _echo(f"{report.queries} queries of {Path(data_dir).name}/{split}, depth {depth}, final_k {final_k}, "
+          f"reranker model {s.reranker_model}\n")
+    _echo(eval_table(report))
+    _echo("\n" + report.gap["summary"])
+    _echo(f"\nwall time {report.wall_seconds:.0f}s (indexing {prepared.seconds:.0f}s"
+          f"{'' if prepared.built else ', reused'})")
     if out_dir:
         for path in write_eval(report, Path(out_dir)):
-            click.echo(f"wrote {path}")
+            _echo(f"wrote {path}")
 
 
 @cli.command("sweep")
+@shared_options
 @_with_data_options
 @click.option("--depths", default="20,50,100", help="Comma-separated depths.")
 @click.option("--tolerance", type=float, default=0.01,
@@ -393,36 +705,47 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_di
 @_fail_cleanly
 def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_dir, progress, depths, tolerance,
               reranker_name):
-    """Rerank at several depths: recall@k and added latency against depth, plus a plot."""
+    """Rerank at several depths: recall@k, nDCG@10 and added latency against depth, plus a plot."""
     from pathlib import Path
 
     from .evaluate.report import sweep_sentence, sweep_table, write_sweep
     from .evaluate.runner import run_sweep
 
+    started = time.perf_counter()
     try:
         depth_list = [int(d) for d in depths.split(",") if d.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {depths!r}", param_hint="--depths") from None
-    s, data, searcher = _eval_setup(ctx, data_dir, split, reindex, progress)
-    reranker = _rerankers(s, (reranker_name,))[reranker_name]
-    bar, update = _progress_bar("sweeping", progress)
-    try:
-        report = run_sweep(searcher, data, depths=depth_list, final_k=final_k, reranker=reranker,
-                           reranker_name=reranker_name, tolerance=tolerance, fusion=fusion,
-                           max_queries=max_queries, on_query=update)
-    finally:
-        bar.close()
-    report.environment["reranker_model"] = s.reranker_model
-    report.environment["command"] = _command_line()
-    click.echo(sweep_table(report))
-    click.echo("\n" + sweep_sentence(report))
-    click.echo(f"\nwall time {report.wall_seconds:.0f}s")
+    base = _settings(ctx, final_k=final_k)
+    if not depth_list or min(depth_list) < base.final_k:
+        raise click.BadParameter(f"every depth must be >= final_k ({base.final_k}), got {depths!r}",
+                                 param_hint="--depths")
+    s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
+    with searcher:
+        reranker = _rerankers(s, (reranker_name,))[reranker_name]
+        bar, update = _query_bar("sweeping", progress)
+        try:
+            report = run_sweep(searcher, data, depths=depth_list, final_k=base.final_k, reranker=reranker,
+                               reranker_name=reranker_name, tolerance=tolerance, fusion=fusion,
+                               max_queries=max_queries, on_query=update)
+        finally:
+            bar.close()
+    report.wall_seconds = time.perf_counter() - started
+    report.environment.update(reranker_model=s.reranker_model, command=_command_line(),
+                              index_seconds=round(prepared.seconds, 1), index_built=prepared.built)
+    _echo(sweep_table(report))
+    _echo("\n" + sweep_sentence(report))
+    _echo(f"\nwall time {report.wall_seconds:.0f}s (indexing {prepared.seconds:.0f}s"
+          f"{'' if prepared.built else ', reused'})")
     if out_dir:
         for path in write_sweep(report, Path(out_dir)):
-            click.echo(f"wrote {path}")
+            _echo(f"wrote {path}")
 
+
+# -- export -------------------------------------------------------------------------------------
 
 @cli.command("export-onnx")
+@shared_options
 @click.argument("model")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--kind", type=click.Choice(["cross-encoder", "embedder"]), default="cross-encoder")
@@ -436,31 +759,34 @@ def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_d
 @click.pass_context
 @_fail_cleanly
 def export_onnx_cmd(ctx, model, out_dir, kind, quantize, openvino, calibration_queries, calibration_depth):
-    """Export MODEL (folder or hub name) to ONNX (and OpenVINO) for the faster backends.
+    """Export MODEL (folder or hub name) to ONNX (and OpenVINO) for the faster backends (needs torch).
 
     ONNX int8 is dynamic quantization and needs no data. OpenVINO int8 is static quantization:
     it needs --calibration-queries, real queries whose candidates come from the index the model
     will serve (use queries that are not in your evaluation set).
     """
     var = "ES_RERANK_RERANKER" if kind == "cross-encoder" else "ES_RERANK_EMBEDDING"
+    if openvino and quantize and not calibration_queries:
+        raise click.UsageError("--openvino --quantize int8 needs --calibration-queries FILE")
+    try:
+        from .export import calibration_from_index, export_onnx, export_openvino, read_queries
+    except ImportError as e:
+        raise click.ClickException(f"exporting needs torch: pip install 'es-rerank[torch]' ({e})") from None
     if not openvino:
-        from .onnx_backend import export_onnx
-
         files = export_onnx(model, out_dir, kind=kind, quantize=quantize)
         backend = "onnx-int8" if quantize else "onnx"
     else:
-        from .openvino_backend import calibration_from_index, export_openvino, read_queries
-
         calibration = None
         if quantize:
-            if not calibration_queries:
-                raise click.UsageError("--openvino --quantize int8 needs --calibration-queries FILE")
             calibration = calibration_from_index(_settings(ctx), read_queries(calibration_queries), kind=kind,
                                                  depth=calibration_depth)
-            click.echo(f"calibrating on {len(calibration)} {'pairs' if kind == 'cross-encoder' else 'texts'}")
+            _echo(f"calibrating on {len(calibration)} {'pairs' if kind == 'cross-encoder' else 'texts'}")
         files = export_openvino(model, out_dir, kind=kind, quantize=quantize, calibration=calibration)
         backend = "openvino-int8" if quantize else "openvino"
     for path in files:
         size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
-        click.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
-    click.echo(f"use it with {var}_MODEL={out_dir} {var}_BACKEND={backend}")
+        _echo(f"wrote {path} ({size / 1e6:.1f} MB)")
+    _echo(f"use it with {var}_MODEL={out_dir} {var}_BACKEND={backend}")
+
+
+__all__ = ["cli", "main", "setting_option", "shared_options", "parse_filters"]

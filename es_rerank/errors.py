@@ -1,6 +1,17 @@
-"""Exceptions raised by es-rerank. The CLI turns them into one-line messages."""
+"""Exceptions raised by es-rerank. Each carries its data as attributes; the CLI turns them
+into one-line messages.
+
+Example:
+    >>> try:
+    ...     raise IndexMissingError("docs")
+    ... except EsRerankError as e:
+    ...     print(e.index, "|", e)
+    docs | index 'docs' does not exist: create it with `es-rerank index PATH --index docs`
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class EsRerankError(Exception):
@@ -8,36 +19,136 @@ class EsRerankError(Exception):
 
 
 class ConfigError(EsRerankError, ValueError):
-    """A setting or argument has a value that cannot work."""
+    """A setting or argument has a value that cannot work.
+
+    Attributes:
+        setting: The setting's name when one is at fault, else None.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 class ValidationError(EsRerankError, ValueError):
-    """A search request is invalid (empty query, final_k > depth, ...)."""
+    """A search request is invalid (empty query, final_k > depth, unknown filter field ...).
+
+    Attributes:
+        field: The parameter at fault (``query``, ``final_k``, ``filters`` ...), when known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ClusterError(EsRerankError):
-    """Elasticsearch is unreachable, or the local cluster could not be managed."""
+    """The cluster is unreachable, too slow, answered an error, or the local node could not be managed.
 
+    Attributes:
+        url: The cluster URL, credentials masked (None when not about one cluster).
+        status: HTTP status of an error answer, else None.
+        error_type: The engine's error type (``parsing_exception`` ...), else None.
+        body: The engine's error body (a dict) when it answered one, else None.
+    """
 
-class MappingMismatchError(EsRerankError):
-    """An existing index does not fit the configured embedder or the expected fields."""
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None,
+                 error_type: str | None = None, body: Any = None):
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.error_type = error_type
+        self.body = body
 
 
 class IndexMissingError(EsRerankError):
-    """The index to search does not exist."""
+    """The index (or alias) to search does not exist.
+
+    Attributes:
+        index: Its name.
+        hint: Extra advice (e.g. an interrupted build was found), or None.
+    """
+
+    def __init__(self, index: str, *, hint: str | None = None):
+        message = f"index {index!r} does not exist: create it with `es-rerank index PATH --index {index}`"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)
+        self.index = index
+        self.hint = hint
 
 
-class RerankerError(EsRerankError):
-    """A reranker failed to load or to score."""
+class MappingMismatchError(EsRerankError):
+    """An existing index does not fit the configured embedder or the expected fields.
+
+    Attributes:
+        index: The index name.
+        problems: One sentence per problem found.
+    """
+
+    def __init__(self, index: str, problems: list[str]):
+        super().__init__(f"index {index!r} does not fit es-rerank: " + "; ".join(problems))
+        self.index = index
+        self.problems = list(problems)
+
+
+class NotOwnedError(EsRerankError):
+    """es-rerank refuses to delete or overwrite an index it did not create (no ``_meta`` marker).
+
+    Attributes:
+        index: The index (or alias) name.
+        reason: Why it is refused.
+    """
+
+    def __init__(self, index: str, reason: str):
+        super().__init__(f"refusing to touch {index!r}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+class ModelError(EsRerankError):
+    """A model (embedder or cross-encoder) or its runtime cannot be loaded or run.
+
+    Attributes:
+        model: The model's name or folder, when known.
+    """
+
+    def __init__(self, message: str, *, model: str | None = None):
+        super().__init__(message)
+        self.model = model
+
+
+class RerankerError(ModelError):
+    """A reranker failed to load or to score.
+
+    Attributes:
+        reranker: The reranker's name, when known.
+    """
+
+    def __init__(self, message: str, *, reranker: str | None = None, model: str | None = None):
+        super().__init__(message, model=model)
+        self.reranker = reranker
 
 
 class InputError(EsRerankError):
-    """A document source cannot be read at all (missing path, unknown format)."""
+    """A document source cannot be read at all (missing path, unknown format, not a regular file).
+
+    Attributes:
+        path: The path at fault, when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class IndexingError(EsRerankError):
-    """Indexing stopped part-way; ``report`` says how far it got (what was acknowledged stays)."""
+    """Indexing stopped part-way.
 
-    def __init__(self, message: str, report=None):
+    Attributes:
+        report: How far it got (:class:`es_rerank.indexing.IndexReport`), or None.
+    """
+
+    def __init__(self, message: str, report: Any = None):
         super().__init__(message)
         self.report = report

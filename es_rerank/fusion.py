@@ -7,10 +7,12 @@ list; ``window`` (how many items of each list take part) is a separate knob.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Hashable, Sequence, TypeVar
 
 from .errors import ConfigError
+from .types import Hit
 
 K = TypeVar("K", bound=Hashable)
 
@@ -56,3 +58,25 @@ def reciprocal_rank_fusion(
             contributions.setdefault(item, []).append(1.0 / (rank_constant + rank))
     scores = {item: math.fsum(parts) for item, parts in contributions.items()}
     return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+
+def fuse_hits(ranked: Sequence[Sequence[Hit]], *, rank_constant: int, window: int) -> list[Hit]:
+    """Client-side RRF over hit lists (BM25 and kNN, or any child retrievers).
+
+    Each fused hit carries its RRF score as ``retrieval_score`` and its fused rank; the
+    first list that holds a chunk supplies its fields. At most ``window`` hits come back.
+
+    Example:
+        >>> a = Hit("a#0", "a", 0, "", "", {}, 1.0, 1)
+        >>> b = Hit("b#0", "b", 0, "", "", {}, 1.0, 1)
+        >>> [h.chunk_id for h in fuse_hits([[a, b], [b]], rank_constant=60, window=10)]
+        ['b#0', 'a#0']
+    """
+    by_id: dict[str, Hit] = {}
+    for hits in ranked:
+        for h in hits:
+            by_id.setdefault(h.chunk_id, h)
+    fused = reciprocal_rank_fusion([[h.chunk_id for h in hits] for hits in ranked], rank_constant=rank_constant,
+                                   window=window)
+    return [dataclasses.replace(by_id[cid], retrieval_score=score, retrieval_rank=rank)
+            for rank, (cid, score) in enumerate(fused[:window], start=1)]

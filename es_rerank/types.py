@@ -168,7 +168,7 @@ class SearchResult:
     reranker: str | None
     timings: Timings
     rerank_error: str | None = None
-    usage: Mapping[str, int] | None = None
+    usage: Usage | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,7 +178,7 @@ class SearchResult:
             "reranked": self.reranked,
             "reranker": self.reranker,
             "rerank_error": self.rerank_error,
-            "usage": dict(self.usage) if self.usage is not None else None,
+            "usage": self.usage.to_dict() if self.usage is not None else None,
             "candidates": self.candidates,
             "timings": self.timings.to_dict(),
             "hits": [h.to_dict() for h in self.hits],

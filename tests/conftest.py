@@ -40,19 +40,38 @@ def es_url():
 
 
 @pytest.fixture(scope="session")
-def es(es_url):
-    from elasticsearch import Elasticsearch
+def engine(es_url):
+    """The engine under test (detected from the cluster at ``es_url``)."""
+    from es_rerank.config import Settings
+    from es_rerank.engines import open_engine
 
-    client = Elasticsearch(es_url, request_timeout=60)
-    yield client
-    client.close()
+    with open_engine(Settings(url=es_url, request_timeout=60)) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def es(engine):
+    """The engine's own Python client, for assertions made directly against the cluster."""
+    return engine.client
+
+
+def drop(engine, name):
+    """Delete an index or alias a test created, and any unfinished builds of it."""
+    from es_rerank.errors import IndexMissingError
+    from es_rerank.lifecycle import delete, drop_leftovers
+
+    try:
+        delete(engine, name)
+    except IndexMissingError:
+        pass
+    drop_leftovers(engine, name)
 
 
 @pytest.fixture
-def index_name(es):
+def index_name(engine):
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
-    es.indices.delete(index=name, ignore_unavailable=True)
+    drop(engine, name)
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +80,15 @@ def embedding_model_path() -> str:
     return str(gt.get_model_path())
 
 
+# The runtime every test uses unless it says otherwise: the default (ONNX Runtime, no torch).
+BACKEND = os.environ.get("ES_RERANK_TEST_BACKEND", "onnx")
+
+
 @pytest.fixture(scope="session")
 def embedder(embedding_model_path):
-    from es_rerank.embedding import SentenceTransformerEmbedder
+    from es_rerank.embedding import ModelEmbedder
 
-    return SentenceTransformerEmbedder(embedding_model_path, device="cpu")
+    return ModelEmbedder(embedding_model_path, backend=BACKEND, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +114,7 @@ def cross_encoder_path(embedding_model_path, tmp_path_factory) -> str:
 def reranker(cross_encoder_path):
     from es_rerank.rerankers import CrossEncoderReranker
 
-    return CrossEncoderReranker(cross_encoder_path, device="cpu")
+    return CrossEncoderReranker(cross_encoder_path, backend=BACKEND, device="cpu")
 
 
 @pytest.fixture
@@ -99,18 +122,19 @@ def settings(es_url, index_name, embedding_model_path, cross_encoder_path):
     from es_rerank.config import Settings
 
     return Settings(url=es_url, index=index_name, embedding_model=embedding_model_path,
-                    reranker_model=cross_encoder_path, device="cpu")
+                    reranker_model=cross_encoder_path, device="cpu", reranker_backend=BACKEND,
+                    embedding_backend=BACKEND)
 
 
 @pytest.fixture
-def make_index(es, embedder):
-    """Create (or check) an index and load documents from paths; returns the report."""
+def make_index(engine, embedder):
+    """Build (or add to) an index from paths; returns the report."""
     from es_rerank.config import Settings
     from es_rerank.indexing import index_paths
 
-    def _make(index, *paths, chunk_tokens=200, chunk_overlap=40):
+    def _make(index, *paths, chunk_tokens=200, chunk_overlap=40, recreate=False):
         s = Settings(index=index, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
-        return index_paths(es, [str(p) for p in paths], settings=s, embedder=embedder)
+        return index_paths(engine, [str(p) for p in paths], settings=s, embedder=embedder, recreate=recreate)
 
     return _make
 
@@ -123,10 +147,10 @@ def sample_index(make_index, index_name):
 
 
 @pytest.fixture
-def searcher(settings, es, embedder, reranker, sample_index):
+def searcher(settings, engine, embedder, reranker, sample_index):
     from es_rerank.client import Searcher
 
-    return Searcher(settings, es=es, embedder=embedder, reranker=reranker)
+    return Searcher(settings, engine=engine, embedder=embedder, reranker=reranker)
 
 
 @pytest.fixture
@@ -138,6 +162,8 @@ def cli_env(settings):
         "ES_RERANK_EMBEDDING_MODEL": settings.embedding_model,
         "ES_RERANK_RERANKER_MODEL": settings.reranker_model,
         "ES_RERANK_DEVICE": "cpu",
+        "ES_RERANK_RERANKER_BACKEND": BACKEND,
+        "ES_RERANK_EMBEDDING_BACKEND": BACKEND,
     }
 
 

@@ -55,13 +55,14 @@ def test_word_offsets():
     assert word_offsets("a, bc") == [(0, 1), (1, 2), (3, 5)]
 
 
-def test_hf_tokenizer_chunks_fit(embedder):
-    from es_rerank.chunking import hf_offsets
+def test_model_tokenizer_chunks_fit(embedder):
+    """Chunks cut at the embedder's own token offsets hold at most `size` of its tokens."""
+    from tokenizers import Tokenizer
 
-    chunker = Chunker(hf_offsets(embedder.tokenizer), size=20, overlap=5)
+    tok = Tokenizer.from_file(f"{embedder.model_name}/tokenizer.json")
+    chunker = Chunker(embedder.offsets, size=20, overlap=5)
     text = " ".join(f"word{i}" for i in range(200))
     chunks = chunker.split(text)
     assert len(chunks) > 1
     for c in chunks:
-        n = len(embedder.tokenizer(c.text, add_special_tokens=False)["input_ids"])
-        assert n <= 20
+        assert len(tok.encode(c.text, add_special_tokens=False).ids) <= 20

@@ -57,17 +57,59 @@ def test_secrets_never_in_repr_or_str():
 
 
 def test_tls_verification_on_by_default_for_https():
-    kwargs = Settings.from_env(env={"ES_URL": "https://es:9200", "ES_CA_CERTS": "/ca.pem"}).es_client_kwargs()
+    kwargs = Settings.from_env(env={"ES_URL": "https://es:9200", "ES_CA_CERTS": "/ca.pem"}).client_kwargs()
     assert kwargs["verify_certs"] is True and kwargs["ca_certs"] == "/ca.pem"
 
 
-def test_every_env_var_is_in_the_readme():
-    text = README.read_text()
-    missing = [var for var, _ in ENV_VARS.values() if not re.search(rf"`{var}`", text)]
-    assert missing == []
+def test_readme_configuration_table_is_generated_from_settings():
+    """Settings own every default, variable and help text; the README shows exactly that table."""
+    from es_rerank.config import settings_table
+
+    assert settings_table() in README.read_text()
+    assert all(f"`{var}`" in settings_table() for var, _ in ENV_VARS.values())
 
 
 def test_credentials_in_the_url_are_redacted():
     s = Settings.from_env(env={"ES_URL": "https://elastic:url-secret-pw@es.example:9243"})
     assert s.safe_url == "https://***@es.example:9243"
     assert "url-secret-pw" not in repr(s)
+
+
+@pytest.mark.parametrize("url", [
+    "https://elastic:pa/ss#wo?rd@es.example:9243",   # "/", "#", "?" make urlsplit misparse
+    "http://elastic:s3cret@es.example:99999",         # a bad port makes .port raise
+    "http://elastic:s3cret@[not-an-ip/",              # does not parse at all
+])
+def test_url_credentials_are_masked_even_when_the_url_does_not_parse(url):
+    s = Settings.from_env(env={"ES_URL": url})
+    for text in (s.safe_url, repr(s), s.redact(f"failed to reach {url}")):
+        assert "s3cret" not in text and "pa/ss" not in text and "rd@" not in text.replace("***@", "")
+
+
+def test_replace_none_means_none_and_validates():
+    s = Settings(rerank_timeout=5.0)
+    assert s.replace(rerank_timeout=None).rerank_timeout is None
+    with pytest.raises(ConfigError, match="final_k must be set"):
+        s.replace(final_k=None)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        s.replace(colour="blue")
+
+
+def test_explain_names_each_source_and_masks_secrets():
+    from es_rerank.config import explain
+
+    rows = {r.name: r for r in explain(env={"ES_RERANK_DEPTH": "30", "ES_PASSWORD": "pw-secret",
+                                            "ES_USERNAME": "elastic"}, index="docs")}
+    assert (rows["depth"].value, rows["depth"].source) == ("30", "environment (ES_RERANK_DEPTH)")
+    assert (rows["index"].value, rows["index"].source) == ("docs", "argument")
+    assert (rows["final_k"].value, rows["final_k"].source) == ("5", "default")
+    assert rows["password"].value == "***" and "pw-secret" not in repr(rows)
+
+
+def test_errors_carry_their_data():
+    from es_rerank.errors import IndexMissingError, MappingMismatchError
+
+    e = IndexMissingError("docs")
+    assert e.index == "docs" and "es-rerank index PATH --index docs" in str(e)
+    m = MappingMismatchError("docs", ["a", "b"])
+    assert m.index == "docs" and m.problems == ["a", "b"] and str(m).endswith("a; b")

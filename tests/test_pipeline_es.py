@@ -6,7 +6,6 @@ import pytest
 
 from es_rerank.client import Searcher
 from es_rerank.errors import IndexMissingError, MappingMismatchError, ValidationError
-from es_rerank import queries
 
 from conftest import SAMPLE
 
@@ -20,19 +19,30 @@ def test_count_equals_reported_chunks(es, make_index, index_name):
     assert es.count(index=index_name)["count"] == report.chunks_indexed >= n_docs
 
 
-def test_bulk_load_turns_refresh_back_on(es, make_index, index_name, tmp_path):
-    """A new index loads with refresh off; afterwards refresh is back to the default, also for later writes."""
-    from es_rerank.indexing import BULK_LOAD_FLAG
+def test_build_is_swapped_in_with_refresh_on_and_marked(es, engine, make_index, index_name):
+    """A new index is built under a fresh name with refresh off, then served through the alias."""
+    from es_rerank.engines import MARKER
 
-    make_index(index_name, SAMPLE)
-    assert "refresh_interval" not in es.indices.get_settings(index=index_name)[index_name]["settings"]["index"]
-    assert es.indices.get_mapping(index=index_name)[index_name]["mappings"]["_meta"] == {BULK_LOAD_FLAG: False}
-    # an interrupted load leaves the flag and refresh off; the next run finishes the job
+    report = make_index(index_name, SAMPLE)
+    assert report.rebuilt and report.concrete.startswith(index_name + "-")
+    assert list(es.indices.get_alias(name=index_name)) == [report.concrete]
+    settings = es.indices.get_settings(index=report.concrete)[report.concrete]["settings"]["index"]
+    assert "refresh_interval" not in settings and settings["auto_expand_replicas"] == "0-1"
+    meta = es.indices.get_mapping(index=report.concrete)[report.concrete]["mappings"]["_meta"][MARKER]
+    assert meta["state"] == "ready" and meta["alias"] == index_name and meta["dims"] == 384
+    assert meta["chunks"] == report.chunks_indexed == es.count(index=index_name)["count"]
+    assert es.cluster.health(index=index_name)["status"] == "green"  # no replica waits on a single node
+
+
+def test_legacy_bulk_load_is_finished(es, engine, make_index, index_name, tmp_path):
+    """An index es-rerank 0.1 left in bulk-load mode (refresh off) gets refresh back on."""
+    engine.create_index(index_name, {**engine.index_body(384), "mappings": {
+        **engine.index_body(384)["mappings"], "_meta": {"es_rerank_bulk_load": True}}})
     es.indices.put_settings(index=index_name, settings={"index": {"refresh_interval": "-1"}})
-    es.indices.put_mapping(index=index_name, meta={BULK_LOAD_FLAG: True})
     extra = tmp_path / "one.jsonl"
     extra.write_text('{"id": "late-1", "text": "a document written after the load"}\n')
-    make_index(index_name, extra)
+    report = make_index(index_name, extra)
+    assert not report.rebuilt and report.concrete == index_name
     assert "refresh_interval" not in es.indices.get_settings(index=index_name)[index_name]["settings"]["index"]
     assert es.count(index=index_name, query={"term": {"doc_id": "late-1"}})["count"] == 1
 
@@ -56,11 +66,18 @@ def test_reindex_shorter_document_drops_stale_chunks(es, make_index, index_name,
     assert es.count(index=index_name)["count"] == 1
 
 
-def test_dims_mismatch_fails_before_writing(es, make_index, index_name):
-    from es_rerank.indexing import ensure_index
-    from es_rerank.schema import load_mapping
+def _owned_index(engine, name, dims):
+    from es_rerank.lifecycle import marker
 
-    ensure_index(es, index_name, load_mapping(8), dims=8)
+    body = engine.index_body(dims)
+    body["mappings"]["_meta"] = marker(alias=name, state="ready", engine=engine.name, embedder="other",
+                                       embedding_backend="onnx", dims=dims, chunk_tokens=200, chunk_overlap=40,
+                                       analyzer="standard")
+    engine.create_index(name, body)
+
+
+def test_dims_mismatch_fails_before_writing(es, engine, make_index, index_name):
+    _owned_index(engine, index_name, 8)
     with pytest.raises(MappingMismatchError, match="dims are 8 in the index but the configured embedder produces 384"):
         make_index(index_name, SAMPLE)
     assert es.count(index=index_name)["count"] == 0
@@ -81,39 +98,37 @@ def test_search_returns_final_k_sorted_with_both_scores(searcher):
 def test_reranked_hits_are_the_top_scores_over_all_candidates(searcher, reranker):
     """The returned hits are exactly the best final_k by reranker score among all depth candidates."""
     q = "refund for a double charge"
-    candidates, _, _ = searcher.retrieve(q, depth=15)
-    from es_rerank.indexing import embedding_text
-
-    scores = reranker.score(q, [embedding_text(h.title, h.text) for h in candidates])
+    candidates = searcher.retrieve(q, depth=15).hits
+    scores = reranker.score(q, [h.passage for h in candidates])
     best = sorted(zip(scores, [h.chunk_id for h in candidates]), reverse=True)[:4]
     result = searcher.search(q, depth=15, final_k=4)
     assert [h.chunk_id for h in result.hits] == [cid for _, cid in best]
     assert [h.rerank_score for h in result.hits] == pytest.approx([s for s, _ in best])
 
 
-def test_client_fusion_matches_rrf_by_hand(searcher, es, embedder, settings):
+def test_client_fusion_matches_rrf_by_hand(searcher, engine, embedder, settings):
     q = "cancel my subscription"
     depth = 10
-    bm25 = es.search(index=settings.index, **queries.bm25_body(q, size=depth))["hits"]["hits"]
-    knn = es.search(index=settings.index, **queries.knn_body(embedder.embed_query(q), size=depth))["hits"]["hits"]
+    bm25 = engine.search(settings.index, engine.bm25_body(q, size=depth))["hits"]["hits"]
+    knn = engine.search(settings.index, engine.knn_body(embedder.embed_query(q), size=depth))["hits"]["hits"]
     by_hand: dict[str, float] = {}
     for hits in (bm25, knn):
         for rank, h in enumerate(hits, start=1):
             by_hand[h["_id"]] = by_hand.get(h["_id"], 0.0) + 1.0 / (60 + rank)
     top = sorted(by_hand.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]  # the fused list keeps depth hits
-    hits, _, used = searcher.retrieve(q, depth=depth, fusion="client")
-    assert used == "client"
+    first = searcher.retrieve(q, depth=depth, fusion="client")
+    hits = first.hits
+    assert first.fusion == "client"
     assert [h.chunk_id for h in hits] == [cid for cid, _ in top]
     assert [h.retrieval_score for h in hits] == pytest.approx([score for _, score in top])
     assert [h.retrieval_rank for h in hits] == list(range(1, depth + 1))
 
 
 def test_auto_fusion_detects_and_remembers(searcher):
-    _, _, used = searcher.retrieve("billing", depth=5, fusion="auto")
+    used = searcher.retrieve("billing", depth=5, fusion="auto").fusion
     assert used in ("server", "client")
-    assert searcher._server_rrf is (used == "server")
-    _, _, again = searcher.retrieve("billing", depth=5, fusion="auto")
-    assert again == used
+    assert searcher.engine._server_fusion is (used == "server")
+    assert searcher.retrieve("billing", depth=5, fusion="auto").fusion == used
 
 
 def test_no_rerank_keeps_retrieval_order(searcher):
@@ -148,18 +163,15 @@ def test_validation(searcher, kwargs, match):
         searcher.search(**kwargs)
 
 
-def test_missing_index(settings, es, embedder, reranker):
-    s = Searcher(settings.replace(index="no-such-index-xyz"), es=es, embedder=embedder, reranker=reranker)
+def test_missing_index(settings, engine, embedder, reranker):
+    s = Searcher(settings.replace(index="no-such-index-xyz"), engine=engine, embedder=embedder, reranker=reranker)
     with pytest.raises(IndexMissingError, match="index 'no-such-index-xyz' does not exist"):
         s.search("anything")
 
 
-def test_query_against_index_of_other_dims_names_both(es, settings, embedder, reranker):
-    from es_rerank.indexing import ensure_index
-    from es_rerank.schema import load_mapping
-
-    ensure_index(es, settings.index, load_mapping(768), dims=768)
-    s = Searcher(settings, es=es, embedder=embedder, reranker=reranker)
+def test_query_against_index_of_other_dims_names_both(engine, settings, embedder, reranker):
+    _owned_index(engine, settings.index, 768)
+    s = Searcher(settings, engine=engine, embedder=embedder, reranker=reranker)
     with pytest.raises(MappingMismatchError, match="dims are 768 in the index but the configured embedder produces 384"):
         s.search("anything")
 
@@ -182,24 +194,24 @@ class Sleepy:
 
 
 @pytest.mark.parametrize("bad,match", [(Exploding(), "mid-batch failure"), (Sleepy(), "took longer than 0.5s")])
-def test_reranker_failures_raise_or_fall_back(settings, es, embedder, sample_index, bad, match):
+def test_reranker_failures_raise_or_fall_back(settings, engine, embedder, sample_index, bad, match):
     from es_rerank.errors import RerankerError
 
     s = settings.replace(rerank_timeout=0.5)
     with pytest.raises(RerankerError, match=match):
-        Searcher(s, es=es, embedder=embedder, reranker=bad).search("refund", depth=6, final_k=3)
-    result = Searcher(s.replace(allow_reranker_failures=True), es=es, embedder=embedder, reranker=bad).search(
+        Searcher(s, engine=engine, embedder=embedder, reranker=bad).search("refund", depth=6, final_k=3)
+    result = Searcher(s.replace(allow_reranker_failures=True), engine=engine, embedder=embedder, reranker=bad).search(
         "refund", depth=6, final_k=3)
     assert not result.reranked and match.split()[0] in result.rerank_error
     assert [h.retrieval_rank for h in result.hits] == [1, 2, 3]
 
 
-def test_reranker_that_cannot_load(settings, es, embedder, sample_index):
+def test_reranker_that_cannot_load(settings, engine, embedder, sample_index):
     from es_rerank.errors import RerankerError
 
     s = settings.replace(reranker_model="/no/such/model-folder")
     with pytest.raises(RerankerError, match="could not load cross-encoder '/no/such/model-folder'"):
-        Searcher(s, es=es, embedder=embedder).search("refund", depth=5, final_k=2)
-    result = Searcher(s.replace(allow_reranker_failures=True), es=es, embedder=embedder).search(
+        Searcher(s, engine=engine, embedder=embedder).search("refund", depth=5, final_k=2)
+    result = Searcher(s.replace(allow_reranker_failures=True), engine=engine, embedder=embedder).search(
         "refund", depth=5, final_k=2)
     assert not result.reranked and "could not load" in result.rerank_error and len(result.hits) == 2

@@ -34,9 +34,10 @@ def doc_scores(doc_ids_in_rank_order: Iterable[str]) -> dict[str, float]:
     return {d: float(n - i) for i, d in enumerate(order)}
 
 
-def metric_names(ks: Sequence[int], *, final_k: int) -> list[str]:
+def metric_names(ks: Sequence[int], *, final_k: int, depth: int | None = None) -> list[str]:
+    """ranx metric names: recall at each k, hit rate at final_k and at the depth, nDCG@10, MRR@10."""
     names = [f"recall@{k}" for k in ks]
-    names += [f"hit_rate@{k}" for k in sorted({final_k, max(ks)})]
+    names += [f"hit_rate@{k}" for k in sorted({final_k, max(ks) if depth is None else depth})]
     return names + ["ndcg@10", "mrr@10"]
 
 

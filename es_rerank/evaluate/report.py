@@ -22,7 +22,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, markdown: bo
 def eval_table(report: EvalReport, *, markdown: bool = False) -> str:
     """The chapter's table (Setup | Recall@k | added latency) with the other metrics beside it."""
     k, d = report.final_k, report.depth
-    ks = sorted({1, 3, 5, 10, k, d})
+    ks = sorted(x for x in {1, 3, 5, 10, k, d} if x <= d)
     header = ["Setup", *(f"Recall@{x}" for x in ks), "nDCG@10", "MRR@10",
               "Retrieval p50/p95 ms", "Added latency p50/p95 ms"]
     with_tokens = any(r.tokens_per_query is not None for r in report.rows)
@@ -138,14 +138,14 @@ def plot_sweep(report: SweepReport, path: Path) -> Path:
 
 def write_eval(report: EvalReport, out: Path, *, reranker_note: str = "") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
     (out / "results.md").write_text(eval_markdown(report, reranker_note=reranker_note))
     return [out / "results.json", out / "results.md"]
 
 
 def write_sweep(report: SweepReport, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
     plot = plot_sweep(report, out / "sweep.png")
     (out / "results.md").write_text(sweep_markdown(report, plot.name))
     return [out / "results.json", out / "results.md", plot]

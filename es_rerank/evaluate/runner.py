@@ -15,10 +15,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ..client import Searcher, rerank_hits
+from ..client import Searcher
 from ..errors import ValidationError
-from ..indexing import embedding_text
 from ..rerankers import Reranker
+from ..types import Usage
 from .data import BeirData
 from .metrics import doc_scores, evaluate_run, metric_names, percentiles
 
@@ -60,7 +60,7 @@ class EvalReport:
 
 
 def environment(searcher: Searcher, **extra: Any) -> dict[str, Any]:
-    """Where and with what a result was produced, for the record."""
+    """Where and with what a result was produced, for the record (secrets never included)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -70,46 +70,46 @@ def environment(searcher: Searcher, **extra: Any) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    import torch
-
+    s = searcher.settings
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "embedding_model": searcher.settings.embedding_model,
-        "index": searcher.settings.index,
-        "rank_constant": searcher.settings.rank_constant,
+        "engine": searcher.engine.name,
+        "embedding_model": s.embedding_model,
+        "embedding_backend": s.embedding_backend,
+        "reranker_backend": s.reranker_backend,
+        "index": s.index,
+        "rank_constant": s.rank_constant,
+        **_library_versions(),
         **extra,
     }
 
 
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("onnxruntime", "openvino", "torch"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def _warm_up(searcher: Searcher, query: str, rerankers: Sequence[Reranker], fusion: str | None) -> None:
     """One untimed query: loads the models and detects fusion, so no timing carries that cost."""
-    hits, _, _ = searcher.retrieve(query, depth=5, mode="hybrid", fusion=fusion)
+    hits = searcher.retrieve(query, depth=5, mode="hybrid", fusion=fusion).hits
     for reranker in rerankers:
-        _rerank_all(reranker, query, hits)
+        _rerank_all(searcher, reranker, query, hits)
 
 
-def _usage(reranker: Reranker) -> dict[str, int] | None:
-    return reranker.usage() if hasattr(reranker, "usage") else None
-
-
-def _rerank_all(reranker: Reranker, query: str, hits) -> tuple[list, float]:
-    t0 = time.perf_counter()
-    scores = reranker.score(query, [embedding_text(h.title, h.text) for h in hits])
-    ordered = rerank_hits(hits, scores, final_k=len(hits)) if hits else []
-    return ordered, (time.perf_counter() - t0) * 1000.0
-
-
-def _token_summary(reranker: Reranker, before: dict[str, int] | None, n_queries: int) -> tuple[float | None, int | None]:
-    after = _usage(reranker)
-    if before is None or after is None or n_queries == 0:
-        return None, None
-    tokens = (after["prompt_tokens"] - before["prompt_tokens"]) + (after["completion_tokens"] - before["completion_tokens"])
-    return tokens / n_queries, after["fallbacks"] - before["fallbacks"]
+def _rerank_all(searcher: Searcher, reranker: Reranker, query: str, hits) -> tuple[list, float, Usage | None]:
+    """Every candidate reordered by ``reranker`` through the searcher's one rerank step."""
+    out = searcher.rerank(query, hits, final_k=None, reranker=reranker, blend="none", results="chunks")
+    return list(out.hits), out.rerank_ms, out.usage
 
 
 def run_eval(
@@ -151,31 +151,34 @@ def run_eval(
     retrieval_ms: dict[str, list[float]] = {s: [] for s in setups}
     rerank_ms: dict[str, list[float]] = {s: [] for s in setups}
     _warm_up(searcher, data.queries[qids[0]], list(rerankers.values()), fusion)
-    usage_before = {name: _usage(r) for name, r in rerankers.items()}
+    usage: dict[str, Usage | None] = {name: None for name in rerankers}
     for i, qid in enumerate(qids, start=1):
         query = data.queries[qid]
         for mode in RETRIEVAL_MODES:
-            hits, timings, _ = searcher.retrieve(query, depth=depth, mode=mode, fusion=fusion)
-            runs[mode][qid] = doc_scores(h.doc_id for h in hits)
-            retrieval_ms[mode].append(timings.retrieval_ms)
+            first = searcher.retrieve(query, depth=depth, mode=mode, fusion=fusion)
+            runs[mode][qid] = doc_scores(h.doc_id for h in first.hits)
+            retrieval_ms[mode].append(first.timings.retrieval_ms)
             if mode == "hybrid":
                 for name, reranker in rerankers.items():
                     setup = f"hybrid+{name}"
-                    ordered, ms = _rerank_all(reranker, query, hits)
+                    ordered, ms, used = _rerank_all(searcher, reranker, query, first.hits)
                     runs[setup][qid] = doc_scores(h.doc_id for h in ordered)
-                    retrieval_ms[setup].append(timings.retrieval_ms)
+                    retrieval_ms[setup].append(first.timings.retrieval_ms)
                     rerank_ms[setup].append(ms)
+                    if used is not None:
+                        usage[name] = used if usage[name] is None else usage[name] + used
         if on_query is not None:
             on_query(i, len(qids))
-    ks = sorted({1, 3, 5, 10, final_k, depth})
-    names = metric_names(ks, final_k=final_k)
+    ks = sorted(k for k in {1, 3, 5, 10, final_k, depth} if k <= depth)
+    names = metric_names(ks, final_k=final_k, depth=depth)
     qrels = {q: data.qrels[q] for q in qids}
     rows = [Row(s, evaluate_run(qrels, runs[s], names), percentiles(retrieval_ms[s]), percentiles(rerank_ms[s]))
             for s in setups]
     for row in rows:
         name = row.setup.removeprefix("hybrid+")
-        if name in rerankers:
-            row.tokens_per_query, row.fallbacks = _token_summary(rerankers[name], usage_before[name], len(qids))
+        if name in rerankers and usage[name] is not None and usage[name].requests:
+            row.tokens_per_query = usage[name].tokens / len(qids)
+            row.fallbacks = usage[name].fallbacks
     report = EvalReport(str(data.root), data.split, len(qids), depth, final_k, rows, {},
                         environment(searcher, fusion=fusion or searcher.settings.fusion))
     report.gap = gap_analysis(report)
@@ -290,11 +293,11 @@ def run_sweep(
         r_ms, rr_ms = [], []
         for qid in qids:
             query = data.queries[qid]
-            hits, timings, _ = searcher.retrieve(query, depth=depth, mode="hybrid", fusion=fusion)
-            before[qid] = doc_scores(h.doc_id for h in hits)
-            ordered, ms = _rerank_all(reranker, query, hits)
+            first = searcher.retrieve(query, depth=depth, mode="hybrid", fusion=fusion)
+            before[qid] = doc_scores(h.doc_id for h in first.hits)
+            ordered, ms, _ = _rerank_all(searcher, reranker, query, first.hits)
             after[qid] = doc_scores(h.doc_id for h in ordered)
-            r_ms.append(timings.retrieval_ms)
+            r_ms.append(first.timings.retrieval_ms)
             rr_ms.append(ms)
             done += 1
             if on_query is not None:

@@ -1,28 +1,21 @@
-"""Rerankers behind one interface, created by name.
+"""Rerankers behind one interface, created by name from a registry.
 
 Example:
     >>> from es_rerank.config import Settings
     >>> from es_rerank.rerankers import build_reranker
-    >>> build_reranker("cross-encoder", Settings(reranker_model="path/to/model")).name  # loads lazily
+    >>> build_reranker("cross-encoder", Settings(reranker_model="path/to/model"), cache=False).name  # loads lazily
     'cross-encoder:path/to/model'
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
-from .base import Reranker
+from .base import BaseReranker, Reranker, Scored, as_reranker
 from .cache import CachedReranker
 from .cross_encoder import CrossEncoderReranker
 from .llm import ListwiseReranker, LLMConfig, LLMPointwiseReranker
-
-KINDS = ("cross-encoder", "llm", "listwise")
-
-
-def available() -> list[str]:
-    """Names accepted by :func:`build_reranker` (besides ``none``)."""
-    return list(KINDS)
 
 
 def llm_config(settings: Any) -> LLMConfig:
@@ -30,9 +23,41 @@ def llm_config(settings: Any) -> LLMConfig:
                      timeout=settings.llm_timeout, concurrency=settings.llm_concurrency, api=settings.llm_api)
 
 
+def _cross_encoder(settings: Any, *, normalize: bool, instructions: str | None, cache: bool) -> BaseReranker:
+    reranker: BaseReranker = CrossEncoderReranker(
+        settings.reranker_model, backend=settings.reranker_backend, device=settings.device,
+        batch_size=settings.rerank_batch_size, max_length=settings.rerank_max_length, normalize=normalize)
+    if cache and settings.rerank_cache_size:
+        reranker = CachedReranker(reranker, max_entries=settings.rerank_cache_size)
+    return reranker
+
+
+def _llm(settings: Any, *, normalize: bool, instructions: str | None, cache: bool) -> BaseReranker:
+    return LLMPointwiseReranker(llm_config(settings), instructions=instructions)
+
+
+def _listwise(settings: Any, *, normalize: bool, instructions: str | None, cache: bool) -> BaseReranker:
+    return ListwiseReranker(llm_config(settings), window=settings.listwise_window, step=settings.listwise_step,
+                            instructions=instructions)
+
+
+# name -> factory(settings, normalize=, instructions=, cache=); constructors only store configuration
+REGISTRY: dict[str, Callable[..., BaseReranker]] = {
+    "cross-encoder": _cross_encoder,
+    "llm": _llm,
+    "listwise": _listwise,
+}
+KINDS = tuple(REGISTRY)
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`build_reranker` (besides ``none``)."""
+    return list(REGISTRY)
+
+
 def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
-                   instructions: str | None = None, cache: bool = True) -> Reranker:
-    """Create a reranker of ``kind`` configured from settings.
+                   instructions: str | None = None, cache: bool = True) -> BaseReranker:
+    """Create a reranker of ``kind`` configured from settings (nothing loads yet).
 
     Args:
         kind: ``cross-encoder``, ``llm`` or ``listwise``.
@@ -43,35 +68,18 @@ def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
             in front. Benchmarks and sweeps turn it off so that latency is real.
 
     Raises:
-        ConfigError: Unknown kind (the message lists the known ones).
+        ConfigError: Unknown kind (the message lists the known ones), or ``normalize`` for
+            a reranker whose scores are already in their own range.
     """
-    instructions = settings.llm_instructions if instructions is None else instructions
+    factory = REGISTRY.get(kind)
+    if factory is None:
+        raise ConfigError(f"unknown reranker {kind!r}; choose one of: {', '.join(REGISTRY)}, none", setting="reranker")
     if normalize and kind != "cross-encoder":
-        raise ConfigError(f"--normalize applies to the cross-encoder only; the {kind} reranker's scores are already in its own range")
-    if kind == "cross-encoder":
-        if settings.reranker_backend in ("torch", "torch-bf16"):
-            reranker: Reranker = CrossEncoderReranker(
-                settings.reranker_model, device=settings.device, batch_size=settings.rerank_batch_size,
-                max_length=settings.rerank_max_length, normalize=normalize,
-                bf16=settings.reranker_backend == "torch-bf16")
-        else:
-            if normalize:
-                raise ConfigError("--normalize is available with the torch backend only")
-            from ..onnx_backend import runtime_model
-
-            cls, file_name = runtime_model(settings.reranker_backend, "cross-encoder")
-            reranker = cls(settings.reranker_model, batch_size=settings.rerank_batch_size, file_name=file_name,
-                           max_length=settings.rerank_max_length)
-        if cache and settings.rerank_cache_size:
-            reranker = CachedReranker(reranker, max_entries=settings.rerank_cache_size)
-        return reranker
-    if kind == "llm":
-        return LLMPointwiseReranker(llm_config(settings), instructions=instructions)
-    if kind == "listwise":
-        return ListwiseReranker(llm_config(settings), window=settings.listwise_window, step=settings.listwise_step,
-                                instructions=instructions)
-    raise ConfigError(f"unknown reranker {kind!r}; choose one of: {', '.join(KINDS)}, none")
+        raise ConfigError(f"--normalize applies to the cross-encoder only; the {kind} reranker's scores are already "
+                          "in its own range")
+    instructions = settings.llm_instructions if instructions is None else instructions
+    return factory(settings, normalize=normalize, instructions=instructions, cache=cache)
 
 
-__all__ = ["Reranker", "CachedReranker", "CrossEncoderReranker", "LLMPointwiseReranker", "ListwiseReranker", "LLMConfig",
-           "build_reranker", "available"]
+__all__ = ["Reranker", "BaseReranker", "Scored", "as_reranker", "CachedReranker", "CrossEncoderReranker",
+           "LLMPointwiseReranker", "ListwiseReranker", "LLMConfig", "build_reranker", "available", "REGISTRY"]

@@ -1,32 +1,35 @@
-"""Cross-encoder reranking with sentence-transformers' ``CrossEncoder``."""
+"""Cross-encoder reranking: the query and each candidate read together by one model."""
 
 from __future__ import annotations
 
 import logging
 import math
 import threading
-from typing import Sequence
+import time
+from typing import Any, Sequence
 
 from ..config import DEFAULT_RERANKER_MODEL
-from ..errors import ConfigError, RerankerError
+from ..errors import ConfigError, ModelError, RerankerError
+from ..runtime import load_cross_encoder
+from .base import BaseReranker
 
 logger = logging.getLogger(__name__)
 
 
-class CrossEncoderReranker:
-    """Reads the query and each candidate together and returns the model's score.
+class CrossEncoderReranker(BaseReranker):
+    """Scores (query, candidate) pairs with a cross-encoder on one of the runtimes.
 
-    The model loads on first use. Scores are raw logits (the model's own scale)
-    unless ``normalize=True``, which applies a sigmoid (monotonic: the order is the same).
+    The model loads on first use (or :meth:`load`). Scores are raw logits (the model's own
+    scale) unless ``normalize=True``, which applies a sigmoid (monotonic: same order).
 
     Args:
         model: Hub name or local folder. Defaults to ``cross-encoder/ms-marco-MiniLM-L-6-v2``.
-        device: Torch device; None lets sentence-transformers choose.
+        backend: ``onnx`` (default), ``onnx-int8``, ``openvino``, ``openvino-int8``, ``torch``
+            or ``torch-bf16`` (see :mod:`es_rerank.runtime`).
+        device: Torch device for the torch backends; None lets sentence-transformers choose.
         batch_size: Pairs per forward pass. Defaults to 32.
         max_length: Token limit of a pair; None keeps the model's configured limit.
         normalize: Return sigmoid(logit) in [0, 1] instead of the logit. Defaults to False.
-        bf16: Run the model in bfloat16 (about 1.7x faster on CPUs with AVX512-BF16/AMX,
-            rankings nearly unchanged; see benchmarks/). Defaults to False.
 
     Example:
         >>> ce = CrossEncoderReranker("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
@@ -34,59 +37,52 @@ class CrossEncoderReranker:
         [7.1, -10.9]
     """
 
-    def __init__(self, model: str = DEFAULT_RERANKER_MODEL, *, device: str | None = None,
-                 batch_size: int = 32, max_length: int | None = None, normalize: bool = False,
-                 bf16: bool = False):
+    def __init__(self, model: str = DEFAULT_RERANKER_MODEL, *, backend: str = "onnx", device: str | None = None,
+                 batch_size: int = 32, max_length: int | None = None, normalize: bool = False):
         if batch_size < 1:
             raise ConfigError(f"rerank batch_size must be >= 1, got {batch_size}")
         if max_length is not None and max_length < 8:
             raise ConfigError(f"rerank max_length must be >= 8, got {max_length}")
         self.model_name = model
+        self.backend = backend
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
         self.normalize = normalize
-        self.bf16 = bf16
-        self.name = f"cross-encoder:{model}" + (" (bf16)" if bf16 else "")
-        self._model = None
+        self.name = f"cross-encoder:{model}" + ("" if backend == "onnx" else f" ({backend})")
+        self.load_seconds: float | None = None
+        self._model: Any = None
         self._lock = threading.Lock()
 
     @property
-    def model(self):
+    def model(self) -> Any:
+        """The runtime model (loaded on first use, once, under a lock)."""
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = self._load()
+                    started = time.perf_counter()
+                    logger.info("loading cross-encoder %s (%s)", self.model_name, self.backend)
+                    try:
+                        self._model = load_cross_encoder(self.model_name, backend=self.backend,
+                                                         batch_size=self.batch_size, max_length=self.max_length,
+                                                         device=self.device)
+                    except ModelError as e:
+                        raise RerankerError(f"could not load cross-encoder {self.model_name!r}: {e}",
+                                            reranker=self.name, model=self.model_name) from e
+                    self.load_seconds = time.perf_counter() - started
         return self._model
 
     def load(self) -> None:
         """Load the model now rather than at the first score."""
         _ = self.model
 
-    def _load(self):
-        try:
-            import torch
-            from sentence_transformers import CrossEncoder
-
-            # Identity activation: keep raw logits (a model's config may ask for a sigmoid).
-            model = CrossEncoder(self.model_name, device=self.device, max_length=self.max_length,
-                                 activation_fn=torch.nn.Identity())
-            if self.bf16:
-                model.model.to(torch.bfloat16)
-            return model
-        except Exception as e:  # the library raises OSError, ValueError, HF errors...
-            raise RerankerError(
-                f"could not load cross-encoder {self.model_name!r}: {e}. Offline, set "
-                "ES_RERANK_RERANKER_MODEL to a local model folder and HF_HUB_OFFLINE=1"
-            ) from e
-
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if not texts:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        if not pairs:
             return []
-        pairs = [(query, t) for t in texts]
-        raw = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False,
-                                 convert_to_numpy=True)
-        scores = [float(x) for x in raw.reshape(len(texts), -1)[:, 0]]
+        scores = [float(x) for x in self.model.score_pairs(list(pairs))]
         if self.normalize:
             scores = [1.0 / (1.0 + math.exp(-s)) if s > -700 else 0.0 for s in scores]
         return scores
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        return self.score_pairs([(query, t) for t in texts])

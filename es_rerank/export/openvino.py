@@ -1,13 +1,12 @@
-"""OpenVINO backends for the cross-encoder and the embedder, and the export that makes them.
+"""Export models to OpenVINO IR, optionally with calibrated static int8 quantization.
 
 ``export_openvino`` exports a model folder to ONNX (see :mod:`es_rerank.onnx_backend`), converts
 it to OpenVINO IR (``openvino_model.xml``) and, with ``quantize="int8"``, writes
 ``openvino_model_int8.xml``: static int8 quantization by NNCF, calibrated on real
 (query, candidate) pairs or texts. Static quantization fixes each activation's scale from the
 calibration data, so no time is spent quantizing at run time, and OpenVINO fuses attention into
-one kernel. At run time OpenVINO picks the CPU's fastest precision for what stays in floating
-point: bfloat16 on CPUs with AVX512-BF16 or AMX, fp32 elsewhere. A call with several batches
-runs them in parallel on one OpenVINO stream per core (see ``_run_batches``).
+one kernel. The files run on the ``openvino`` / ``openvino-int8`` backends
+(:class:`es_rerank.runtime.sessions.OpenVinoSession`).
 
 Which layers stay in floating point: the feed-forward output projections of the first half of
 the encoder. Their inputs (GELU outputs) have the widest ranges, and on the SciFact cross-encoder
@@ -17,26 +16,34 @@ queries, for about 10% of the int8 speed (see benchmarks/ and results/speed/).
 Example:
     >>> export_openvino("path/to/cross-encoder", "ce-ov", quantize="int8",
     ...                 calibration=[("a query", "a passage")] * 64)         # doctest: +SKIP
-    >>> OpenVinoCrossEncoder("ce-ov", file_name=INT8_FILE).score("q", ["a", "b"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError, RerankerError
-from .onnx_backend import KINDS, OnnxCrossEncoder, OnnxEmbedder, _OnnxModel, export_onnx
+from ..client import Searcher
+from ..errors import ConfigError, ModelError
+from ..runtime.heads import CrossEncoderHead, EmbedderHead
+from .onnx import KINDS, export_onnx
 
 logger = logging.getLogger(__name__)
 
 FP_FILE = "openvino_model.xml"
 INT8_FILE = "openvino_model_int8.xml"
 MIN_CALIBRATION = 16
+
+
+class _InputsOnly:
+    """Stands in for a session where only tokenization and padding are needed (calibration)."""
+
+    parallel_batches = 1
+
+    def __init__(self, input_names: Sequence[str]):
+        self.input_names = list(input_names)
 
 
 def _keep_in_float(n_layers: int) -> list[str]:
@@ -63,7 +70,7 @@ def export_openvino(model: str, out_dir: str | Path, *, kind: str = "cross-encod
 
     Raises:
         ConfigError: Unknown kind or quantization, or too little calibration data.
-        RerankerError: OpenVINO or NNCF is not installed.
+        ModelError: OpenVINO or NNCF is not installed.
     """
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -84,10 +91,10 @@ def export_openvino(model: str, out_dir: str | Path, *, kind: str = "cross-encod
     files = [fp]
     if quantize == "int8":
         # the runtime's own tokenization and padding, without starting a runtime
-        reader = OnnxCrossEncoder(out) if kind == "cross-encoder" else OnnxEmbedder(out)
-        reader._inputs = json.loads((out / "es_rerank_onnx.json").read_text())["inputs"]
+        inputs = json.loads((out / "es_rerank_onnx.json").read_text())["inputs"]
+        reader = (CrossEncoderHead if kind == "cross-encoder" else EmbedderHead)(_InputsOnly(inputs), out)
         items = [tuple(c) for c in calibration] if kind == "cross-encoder" else [str(c) for c in calibration]
-        feeds = [feed for _, feed in reader._batches(reader._encode(items), batch_size)]
+        feeds = [feed for _, feed in reader.feeds(items, batch_size)]
         n_layers = json.loads((out / "config.json").read_text()).get("num_hidden_layers", 6)
         logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lines list every node it skips
         quantized = nncf.quantize(
@@ -133,15 +140,11 @@ def calibration_from_index(settings, queries: Sequence[str], *, kind: str = "cro
     Each query's top ``depth`` hybrid candidates come from ``settings.index``, so the pairs look
     like what the reranker will score. For an embedder the queries and the chunk texts are used.
     """
-    from .client import Searcher
-    from .indexing import embedding_text
-
-    searcher = Searcher(settings.replace(reranker="none"))
     items: list = []
-    for query in queries:
-        hits, _, _ = searcher.retrieve(query, depth=depth)
-        texts = [embedding_text(h.title, h.text) for h in hits]
-        items += [(query, t) for t in texts] if kind == "cross-encoder" else [query, *texts]
+    with Searcher(settings.replace(reranker="none")) as searcher:
+        for query in queries:
+            texts = [h.passage for h in searcher.retrieve(query, depth=depth).hits]
+            items += [(query, t) for t in texts] if kind == "cross-encoder" else [query, *texts]
     return items
 
 
@@ -153,79 +156,6 @@ def _import(*, need_nncf: bool = False):
         if need_nncf:
             import nncf
     except ImportError as e:
-        raise RerankerError("the OpenVINO backend needs openvino (and nncf to quantize): "
+        raise ModelError("exporting to OpenVINO needs openvino (and nncf to quantize): "
                             "pip install 'es-rerank[openvino]'") from e
     return ov, nncf
-
-
-class _OpenVinoRuntime(_OnnxModel):
-    """Runs the model with OpenVINO's CPU plugin instead of ONNX Runtime (same tokenization)."""
-
-    export_hint = "es-rerank export-onnx MODEL --openvino [--quantize int8 --calibration-queries FILE]"
-
-    def __init__(self, model_dir: str | Path, *, file_name: str = FP_FILE, precision: str | None = None, **options):
-        super().__init__(model_dir, file_name=file_name, **options)
-        self.precision = precision  # None: the CPU's fastest (bf16 with AVX512-BF16/AMX); "f32" forces fp32
-
-    def _open(self, path: Path):
-        ov, _ = _import()
-        core = ov.Core()
-        threads = self.threads or os.cpu_count() or 1
-        config = {"INFERENCE_NUM_THREADS": threads}
-        if self.precision:
-            config["INFERENCE_PRECISION_HINT"] = self.precision
-        model = core.read_model(path)
-        # One batch: all cores on it (latency). Several: one stream per core, each running
-        # whole batches on its own, so a core busy with something else (Elasticsearch, the
-        # bulk thread) delays one batch instead of stalling every thread at each layer.
-        latency = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
-        throughput = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
-        self.parallel_batches = int(throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._queue = ov.AsyncInferQueue(throughput, self.parallel_batches)
-        self._queue_lock = threading.Lock()
-        self._inputs = [i.get_any_name() for i in latency.inputs]
-        output = latency.outputs[0]
-        local = threading.local()  # an infer request serves one thread at a time
-
-        def infer(feed):
-            request = getattr(local, "request", None)
-            if request is None:
-                request = local.request = latency.create_infer_request()
-            return request.infer(feed)[output].copy()
-
-        logger.debug("OpenVINO %s on CPU: precision %s, %d streams for batches", path.name,
-                     latency.get_property("INFERENCE_PRECISION_HINT"), self.parallel_batches)
-        return infer
-
-    def _run_batches(self, batches):
-        batches = list(batches)
-        if len(batches) < 2 or self.parallel_batches < 2:
-            yield from super()._run_batches(batches)
-            return
-        results: dict[int, object] = {}
-
-        def done(request, i):
-            results[i] = request.get_output_tensor(0).data.copy()
-
-        with self._queue_lock:
-            self._queue.set_callback(done)
-            for i, (_, feed) in enumerate(batches):
-                self._queue.start_async(feed, i)
-            self._queue.wait_all()
-        for i, (idx, feed) in enumerate(batches):
-            yield idx, feed, results[i]
-
-
-class OpenVinoCrossEncoder(_OpenVinoRuntime, OnnxCrossEncoder):
-    """A cross-encoder on OpenVINO: raw logits, candidates batched by length, query never truncated."""
-
-    def __init__(self, model_dir: str | Path, **options):
-        super().__init__(model_dir, **options)
-        self.name = f"cross-encoder-openvino:{Path(model_dir).name}/{self.file_name}"
-
-
-class OpenVinoEmbedder(_OpenVinoRuntime, OnnxEmbedder):
-    """A sentence-transformers bi-encoder on OpenVINO: mean pooling, L2-normalized."""
-
-
-__all__ = ["export_openvino", "calibration_from_index", "read_queries", "OpenVinoCrossEncoder", "OpenVinoEmbedder", "FP_FILE", "INT8_FILE"]

@@ -1,0 +1,604 @@
+"""What every search engine implementation provides: one object owns the client, the chunk
+mapping, the request bodies, and what the cluster supports.
+
+:class:`Engine` holds everything Elasticsearch and OpenSearch share (the query DSL for BM25
+and filters, index administration through the REST API, hits); a subclass supplies the
+client, the vector field and kNN syntax, server-side fusion and error translation. Request
+builders are pure (no I/O) and tested by exact equality; everything that talks to the
+cluster goes through :meth:`Engine.request`, which turns the client's exceptions into
+:class:`~es_rerank.errors.ClusterError` / :class:`~es_rerank.errors.IndexMissingError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+
+from ..errors import ClusterError, ConfigError, IndexMissingError, MappingMismatchError, ValidationError
+from ..types import Hit
+
+logger = logging.getLogger(__name__)
+
+TEXT_FIELDS = ("text", "title")
+VECTOR_FIELD = "embedding"
+SOURCE_FIELDS = ("doc_id", "chunk", "title", "text", "metadata")
+TOP_LEVEL_FILTER_FIELDS = ("doc_id", "chunk", "title")
+MAX_NUM_CANDIDATES = 10_000
+DEFAULT_MAX_RESULT_WINDOW = 10_000
+MARKER = "es_rerank"  # the _meta key of indices es-rerank created
+LEGACY_MARKER = "es_rerank_bulk_load"  # _meta key written by es-rerank 0.1
+
+_INVALID_NAME_CHARS = re.compile(r'[\\/*?"<>| ,#:A-Z]')
+RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
+
+
+def validate_index_name(name: str) -> str:
+    """Return ``name`` when it is one plain, concrete index or alias name; else raise.
+
+    es-rerank acts only on names it validated: no commas, wildcards, ``_all``, leading
+    ``-``/``_``/``+``/``.``, upper case, or characters Elasticsearch forbids, at most 255 bytes.
+
+    Raises:
+        ValidationError: The name, and which rule it breaks.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValidationError("index name is empty", field="index")
+    problem = None
+    if name in ("_all", ".", ".."):
+        problem = "it names every index or none"
+    elif name[0] in "-_+.":
+        problem = "it may not start with '-', '_', '+' or '.'"
+    elif (m := _INVALID_NAME_CHARS.search(name)) is not None:
+        problem = (f"it contains {m.group(0)!r} (one index per name: no commas, wildcards, spaces, "
+                   "upper case or any of \\ / * ? \" < > | , # :)")
+    elif len(name.encode("utf-8")) > 255:
+        problem = "it is longer than 255 bytes"
+    if problem:
+        raise ValidationError(f"invalid index name {name!r}: {problem}", field="index")
+    return name
+
+
+def _load_mapping_file(file_name: str) -> dict[str, Any]:
+    raw = (resources.files("es_rerank") / "mappings" / file_name).read_text(encoding="utf-8")
+    return json.loads(raw)
+
+
+def _fill(node: Any, values: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        return {k: _fill(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, values) for v in node]
+    if isinstance(node, str) and node.startswith("{{") and node.endswith("}}"):
+        return values[node[2:-2]]
+    return node
+
+
+def num_candidates_for(k: int) -> int:
+    """HNSW candidates per shard for a kNN search of ``k``: 2k, at least 100, at most 10,000."""
+    return min(max(2 * k, 100), MAX_NUM_CANDIDATES)
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """What a name refers to in the cluster.
+
+    Attributes:
+        name: The name asked about.
+        kind: ``missing``, ``index`` (a concrete index of that name) or ``alias``.
+        indices: The concrete indices behind it (empty when missing).
+        metas: Concrete index -> its ``_meta`` (empty dict when none).
+    """
+
+    name: str
+    kind: str
+    indices: tuple[str, ...] = ()
+    metas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def marker(self, index: str) -> Mapping[str, Any] | None:
+        """es-rerank's marker of a concrete index (legacy indices get a minimal one), or None."""
+        meta = self.metas.get(index) or {}
+        if isinstance(meta.get(MARKER), Mapping):
+            return meta[MARKER]
+        if LEGACY_MARKER in meta:
+            return {"legacy": True}
+        return None
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """Fields an index can filter on: name -> type (``keyword``, ``long``, ``date`` ...)."""
+
+    types: Mapping[str, str]
+    title_keyword: bool
+
+
+class Engine(ABC):
+    """One search engine: client, chunk mapping, request bodies and capabilities.
+
+    Construct with :func:`es_rerank.engines.open_engine` (detects the engine) or a
+    subclass directly. The client is created on first use; request builders need none.
+    Thread-safe: the clients are, and capabilities are detected once under a lock.
+
+    Args:
+        settings: Connection settings (:class:`es_rerank.config.Settings`).
+        client: An existing client of the engine's library. Defaults to one built from settings.
+    """
+
+    name: ClassVar[str]
+    mapping_file: ClassVar[str]
+    vector_type: ClassVar[str]
+    dims_key: ClassVar[str]
+
+    def __init__(self, settings: Any, *, client: Any = None):
+        self.settings = settings
+        self._client = client
+        self._own_client = client is None
+        self._lock = threading.Lock()
+        self._server_fusion: bool | None = None
+        self._analyzers: dict[str, bool] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.settings.safe_url!r})"
+
+    # -- client -----------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The engine's Python client (created on first use)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    @abstractmethod
+    def _make_client(self) -> Any:
+        """A client of the engine's library from ``self.settings``."""
+
+    @abstractmethod
+    def _perform(self, method: str, path: str, *, body: Any, params: Mapping[str, Any] | None,
+                 headers: Mapping[str, str]) -> Any:
+        """Send one request with the library's transport; return the decoded body.
+
+        Raises the library's own exceptions; :meth:`request` translates them.
+        """
+
+    @abstractmethod
+    def _translate(self, error: Exception) -> Exception | None:
+        """Our exception for a library exception (None: not a transport/API error)."""
+
+    def close(self) -> None:
+        """Close the client when this engine created it."""
+        if self._client is not None and self._own_client:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def with_client(self, client: Any) -> "Engine":
+        """The same engine over another client (e.g. one carrying a caller's credentials)."""
+        return type(self)(self.settings, client=client)
+
+    # -- transport ----------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
+                headers: Mapping[str, str] | None = None, index: str | None = None) -> Any:
+        """Send a REST request; return the decoded JSON body.
+
+        Args:
+            method: HTTP method.
+            path: Path starting with ``/``.
+            body: A JSON-serialisable body, or ndjson text for ``_msearch``/``_bulk``.
+            params: Query-string parameters.
+            headers: Extra headers (e.g. a caller's ``Authorization``).
+            index: The index the request is about, so a 404 becomes ``IndexMissingError``.
+
+        Raises:
+            IndexMissingError: ``index`` does not exist.
+            ClusterError: Unreachable, too slow, or an error answer (status, type and body kept).
+        """
+        h = {"accept": "application/json"}
+        if body is not None:
+            h["content-type"] = "application/x-ndjson" if isinstance(body, str) else "application/json"
+        h.update(headers or {})
+        try:
+            return self._perform(method, path, body=body, params=params, headers=h)
+        except Exception as e:  # noqa: BLE001 - translated below, re-raised otherwise
+            ours = self._translate(e)
+            if ours is None:
+                raise
+            if index is not None and isinstance(ours, ClusterError) and ours.status == 404 and \
+                    ours.error_type in ("index_not_found_exception", None):
+                raise IndexMissingError(index) from e
+            raise ours from e
+
+    def _api_error(self, status: int, body: Any, what: str = "request") -> ClusterError:
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            etype, reason = error.get("type"), error.get("reason")
+        else:
+            etype, reason = None, error if error is not None else body
+        message = f"{self.display_name} answered {status} to the {what}: {etype + ': ' if etype else ''}{reason}"
+        return ClusterError(self.settings.redact(message), url=self.settings.safe_url, status=status,
+                            error_type=etype, body=body if isinstance(body, dict) else None)
+
+    def _unreachable(self, error: Exception, *, timeout: bool) -> ClusterError:
+        if timeout:
+            message = (f"{self.display_name} at {self.settings.safe_url} did not answer within "
+                       f"{self.settings.request_timeout:g}s (ES_REQUEST_TIMEOUT)")
+        else:
+            message = (f"cannot reach {self.display_name} at {self.settings.safe_url}: is it running? "
+                       "(`es-rerank cluster start` or set ES_URL)")
+        return ClusterError(message, url=self.settings.safe_url)
+
+    @property
+    def display_name(self) -> str:
+        return "OpenSearch" if self.name == "opensearch" else "Elasticsearch"
+
+    # -- capabilities ---------------------------------------------------------------------
+
+    def server_fusion(self) -> bool:
+        """Whether the cluster fuses BM25 and kNN itself (detected once, then remembered)."""
+        if self._server_fusion is None:
+            with self._lock:
+                if self._server_fusion is None:
+                    self._server_fusion = self._detect_server_fusion()
+                    logger.info("%s server-side fusion: %s", self.display_name,
+                                "available" if self._server_fusion else "unavailable (fusing in Python)")
+        return self._server_fusion
+
+    @abstractmethod
+    def _detect_server_fusion(self) -> bool:
+        """Ask the cluster (without a failing search) whether server-side hybrid fusion works."""
+
+    @property
+    @abstractmethod
+    def server_fusion_hint(self) -> str:
+        """Why server-side fusion may be missing and what to use instead."""
+
+    def has_analyzer(self, name: str) -> bool:
+        """Whether the cluster knows the analyzer ``name`` (asked once per name)."""
+        if name not in self._analyzers:
+            try:
+                self.request("POST", "/_analyze", body={"analyzer": name, "text": "probe"})
+                self._analyzers[name] = True
+            except ClusterError as e:
+                if e.status != 400:
+                    raise
+                self._analyzers[name] = False
+        return self._analyzers[name]
+
+    def resolve_analyzer(self, analyzer: str) -> str:
+        """``auto`` -> ``english`` where the cluster has it, else ``standard``; names pass through.
+
+        Raises:
+            ConfigError: A named analyzer the cluster does not have.
+        """
+        if analyzer == "auto":
+            return "english" if self.has_analyzer("english") else "standard"
+        if not self.has_analyzer(analyzer):
+            raise ConfigError(f"the cluster has no analyzer {analyzer!r}; use `standard`, or `english` where "
+                              "installed (`es-rerank cluster start` installs it on the local node)",
+                              setting="analyzer")
+        return analyzer
+
+    def info(self) -> dict[str, Any]:
+        """Engine name and server version (``GET /``, else the local node's info)."""
+        try:
+            root = self.request("GET", "/")
+            version = (root.get("version") or {}).get("number")
+        except ClusterError as e:
+            if e.status is None:
+                raise
+            nodes = self.request("GET", "/_nodes/_local", params={"filter_path": "nodes.*.version"})
+            version = next(iter((nodes.get("nodes") or {}).values()), {}).get("version")
+        return {"engine": self.name, "version": version}
+
+    # -- mapping ---------------------------------------------------------------------------
+
+    def index_body(self, dims: int, *, analyzer: str = "standard", hnsw_m: int = 16,
+                   hnsw_ef_construction: int = 100) -> dict[str, Any]:
+        """The create-index body (settings and mappings) for chunks of an embedder of ``dims``.
+
+        Raises:
+            ConfigError: A value is out of range.
+        """
+        if dims < 1:
+            raise ConfigError(f"dims must be >= 1, got {dims}")
+        if hnsw_m < 2 or hnsw_ef_construction < 1:
+            raise ConfigError(f"HNSW m must be >= 2 and ef_construction >= 1, got {hnsw_m}, {hnsw_ef_construction}")
+        values = {"dims": dims, "analyzer": analyzer, "hnsw_m": hnsw_m, "hnsw_ef_construction": hnsw_ef_construction}
+        return _fill(_load_mapping_file(self.mapping_file), values)
+
+    def check_mapping(self, index: str, mapping: Mapping[str, Any], *, dims: int) -> None:
+        """Check an index's mapping against what es-rerank writes.
+
+        Raises:
+            MappingMismatchError: A required field is missing or of another type, or the
+                vector dims differ (names the index, the field and both values).
+        """
+        props = mapping.get("properties", {})
+        required = {"doc_id": "keyword", "chunk": "integer", "title": "text", "text": "text",
+                    VECTOR_FIELD: self.vector_type}
+        problems = []
+        for name, expected in required.items():
+            got = props.get(name, {}).get("type")
+            if got is None:
+                problems.append(f"field {name!r} is missing (expected {expected})")
+            elif got != expected:
+                problems.append(f"field {name!r} is {got}, expected {expected}")
+        vector = props.get(VECTOR_FIELD, {})
+        if vector.get("type") == self.vector_type and vector.get(self.dims_key) not in (None, dims):
+            problems.append(
+                f"embedding dims are {vector.get(self.dims_key)} in the index but the configured embedder "
+                f"produces {dims}: use the embedder the index was built with, or re-create the index")
+        if problems:
+            raise MappingMismatchError(index, problems)
+
+    @staticmethod
+    def field_info(mapping: Mapping[str, Any]) -> FieldInfo:
+        """The filterable fields of an index mapping (top-level ones and ``metadata.*``)."""
+        props = mapping.get("properties", {})
+        types: dict[str, str] = {}
+        for name in TOP_LEVEL_FILTER_FIELDS:
+            if name in props:
+                types[name] = props[name].get("type", "object")
+
+        def walk(prefix: str, node: Mapping[str, Any]) -> None:
+            for key, sub in (node.get("properties") or {}).items():
+                path = f"{prefix}.{key}"
+                if "properties" in sub:
+                    walk(path, sub)
+                else:
+                    types[path] = sub.get("type", "object")
+
+        walk("metadata", props.get("metadata", {}))
+        title_keyword = "keyword" in (props.get("title", {}).get("fields") or {})
+        return FieldInfo(types, title_keyword)
+
+    # -- request bodies (pure) --------------------------------------------------------------
+
+    @staticmethod
+    def filter_clauses(filters: Mapping[str, Any] | None, fields: FieldInfo | None = None) -> list[dict[str, Any]]:
+        """Turn ``{"field": value}`` filters into filter clauses.
+
+        A scalar becomes ``term`` (exact match; ``title`` matches the whole title through
+        its keyword sub-field); a list or tuple becomes ``terms`` (any of); a dict with
+        ``gt``/``gte``/``lt``/``lte`` becomes ``range``. Names other than ``doc_id``,
+        ``chunk`` and ``title`` refer to metadata (``metadata.<name>``). With ``fields``
+        (the index's filterable fields) an unknown name, or a range over a text or keyword
+        field, is an error naming what exists.
+
+        Raises:
+            ValidationError: A filter is empty, of an unsupported kind, or names no field.
+
+        Example:
+            >>> Engine.filter_clauses({"category": ["billing", "account"]})
+            [{'terms': {'metadata.category': ['billing', 'account']}}]
+        """
+        clauses: list[dict[str, Any]] = []
+        for name, value in (filters or {}).items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValidationError("a filter needs a field name", field="filters")
+            path = name if name in TOP_LEVEL_FILTER_FIELDS or name.startswith("metadata.") else f"metadata.{name}"
+            target = path
+            if fields is not None:
+                if path not in fields.types:
+                    known = sorted(k.removeprefix("metadata.") for k in fields.types)
+                    raise ValidationError(f"unknown filter field {name!r}; the index has: {', '.join(known)}",
+                                          field="filters")
+                if path == "title":
+                    if not fields.title_keyword:
+                        raise ValidationError("this index was built without an exact-match title field; "
+                                              "re-create it (`es-rerank index ... --recreate`) to filter on title",
+                                              field="filters")
+                    target = "title.keyword"
+            elif path == "title":
+                target = "title.keyword"
+            if isinstance(value, (list, tuple)):
+                if not value:
+                    raise ValidationError(f"filter {name!r} has an empty list of values", field="filters")
+                clauses.append({"terms": {target: list(value)}})
+            elif isinstance(value, Mapping):
+                bounds = {k: v for k, v in value.items() if k in RANGE_OPERATORS}
+                if not bounds or len(bounds) != len(value):
+                    raise ValidationError(f"filter {name!r}: a range takes only gt/gte/lt/lte, got {sorted(value)}",
+                                          field="filters")
+                if fields is not None and fields.types.get(path) in ("keyword", "text"):
+                    raise ValidationError(f"filter {name!r}: a range needs a numeric or date field; {name!r} is "
+                                          f"{fields.types[path]}", field="filters")
+                clauses.append({"range": {path: bounds}})
+            elif isinstance(value, (str, int, float, bool)):
+                clauses.append({"term": {target: value}})
+            else:
+                raise ValidationError(f"filter {name!r} has an unsupported value of type {type(value).__name__}",
+                                      field="filters")
+        return clauses
+
+    @staticmethod
+    def bm25_query(query: str, clauses: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """The BM25 ``query`` clause: multi_match over text and title, under the filter clauses.
+
+        The query text is always a value inside ``multi_match``, never parsed as query
+        syntax, so its content cannot change the request's structure.
+        """
+        bool_query: dict[str, Any] = {"must": [{"multi_match": {"query": query, "fields": list(TEXT_FIELDS)}}]}
+        if clauses:
+            bool_query["filter"] = [dict(c) for c in clauses]
+        return {"bool": bool_query}
+
+    def bm25_body(self, query: str, *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
+                  source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+        """Search body for BM25 alone."""
+        return {"size": size, "query": self.bm25_query(query, clauses), "_source": list(source)}
+
+    @abstractmethod
+    def knn_body(self, vector: Sequence[float], *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
+                 source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+        """Search body for approximate kNN alone, under the same filter clauses."""
+
+    @abstractmethod
+    def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
+                    clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+        """Search body that fuses BM25 and kNN with RRF on the server (where supported)."""
+
+    # -- searching ----------------------------------------------------------------------------
+
+    def search(self, index: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None,
+               params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /{index}/_search``.
+
+        Raises:
+            IndexMissingError, ClusterError: See :meth:`request`.
+        """
+        return self.request("POST", f"/{index}/_search", body=dict(body), headers=headers, params=params,
+                            index=index)
+
+    def msearch(self, index: str, bodies: Sequence[Mapping[str, Any]], *,
+                headers: Mapping[str, str] | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Several searches in one round trip; returns the server's ``took`` (ms) and the responses.
+
+        Raises:
+            IndexMissingError: The index does not exist.
+            ClusterError: A search failed (the first error is reported).
+        """
+        lines = []
+        for body in bodies:
+            lines.append(json.dumps({"index": index}))
+            lines.append(json.dumps(dict(body), allow_nan=False))
+        resp = self.request("POST", "/_msearch", body="\n".join(lines) + "\n", headers=headers, index=index)
+        out = []
+        for r in resp.get("responses", []):
+            if "error" in r:
+                err = r["error"]
+                if isinstance(err, dict) and err.get("type") == "index_not_found_exception":
+                    raise IndexMissingError(index)
+                raise self._api_error(int(r.get("status", 500)), r, "multi-search")
+            out.append(r)
+        return int(resp.get("took", 0)), out
+
+    @staticmethod
+    def hits(resp: Mapping[str, Any]) -> list[Hit]:
+        """The hits of a search over an es-rerank index, ranks from 1, scores as floats."""
+        hits = []
+        for rank, h in enumerate(resp["hits"]["hits"], start=1):
+            src = h.get("_source", {})
+            hits.append(Hit(
+                chunk_id=h["_id"],
+                doc_id=str(src.get("doc_id", h["_id"])),
+                chunk=int(src.get("chunk", 0)),
+                title=src.get("title", ""),
+                text=src.get("text", ""),
+                metadata=src.get("metadata") or {},
+                retrieval_score=float(h.get("_score") or 0.0),
+                retrieval_rank=rank,
+            ))
+        return hits
+
+    # -- administration (names are validated; callers check ownership) -----------------------
+
+    def state(self, name: str) -> IndexState:
+        """Whether ``name`` is missing, a concrete index or an alias, and the ``_meta`` behind it."""
+        validate_index_name(name)
+        try:
+            resp = self.request("GET", f"/{name}", params={"filter_path": "*.mappings._meta,*.aliases"}, index=name)
+        except IndexMissingError:
+            return IndexState(name, "missing")
+        indices = tuple(sorted(resp))
+        metas = {i: (resp[i].get("mappings") or {}).get("_meta") or {} for i in indices}
+        kind = "index" if indices == (name,) else "alias"
+        return IndexState(name, kind, indices, metas)
+
+    def get_mapping(self, index: str) -> dict[str, dict[str, Any]]:
+        """Concrete index -> its ``mappings``."""
+        resp = self.request("GET", f"/{index}/_mapping", index=index)
+        return {k: v.get("mappings", {}) for k, v in resp.items()}
+
+    def max_result_window(self, index: str) -> int:
+        """The index's ``index.max_result_window``."""
+        resp = self.request("GET", f"/{index}/_settings/index.max_result_window",
+                            params={"include_defaults": "true"}, index=index)
+        entry = next(iter(resp.values()), {})
+        raw = (entry.get("settings", {}).get("index", {}).get("max_result_window")
+               or entry.get("defaults", {}).get("index", {}).get("max_result_window")
+               or DEFAULT_MAX_RESULT_WINDOW)
+        return int(raw)
+
+    def create_index(self, name: str, body: Mapping[str, Any]) -> None:
+        validate_index_name(name)
+        self.request("PUT", f"/{name}", body=dict(body))
+
+    def delete_index(self, name: str) -> None:
+        """Delete ONE concrete index (the caller checked it is es-rerank's)."""
+        validate_index_name(name)
+        self.request("DELETE", f"/{name}", params={"expand_wildcards": "none"}, index=name)
+
+    def update_aliases(self, actions: Sequence[Mapping[str, Any]]) -> None:
+        """Apply alias actions atomically (``add``, ``remove``, ``remove_index``)."""
+        for action in actions:
+            (op, spec), = action.items()
+            for key in ("index", "alias"):
+                if key in spec:
+                    validate_index_name(spec[key])
+        self.request("POST", "/_aliases", body={"actions": [dict(a) for a in actions]})
+
+    def put_meta(self, index: str, meta: Mapping[str, Any]) -> None:
+        self.request("PUT", f"/{index}/_mapping", body={"_meta": dict(meta)}, index=index)
+
+    def put_settings(self, index: str, settings: Mapping[str, Any]) -> None:
+        self.request("PUT", f"/{index}/_settings", body={"index": dict(settings)}, index=index)
+
+    def refresh(self, index: str) -> None:
+        self.request("POST", f"/{index}/_refresh", index=index)
+
+    def forcemerge(self, index: str, *, max_num_segments: int = 1) -> None:
+        self.request("POST", f"/{index}/_forcemerge", params={"max_num_segments": max_num_segments}, index=index)
+
+    def count(self, index: str, query: Mapping[str, Any] | None = None) -> int:
+        body = {"query": dict(query)} if query is not None else None
+        return int(self.request("POST", f"/{index}/_count", body=body, index=index)["count"])
+
+    def list_indices(self) -> list[dict[str, Any]]:
+        """Every index with its aliases, document count and ``_meta`` (one request each way)."""
+        resp = self.request("GET", "/_all", params={"filter_path": "*.mappings._meta,*.aliases,*.settings.index."
+                                                                   "creation_date", "expand_wildcards": "open"})
+        stats = self.request("GET", "/_stats/docs", params={"expand_wildcards": "open"})
+        counts = {k: v["primaries"]["docs"]["count"] for k, v in (stats.get("indices") or {}).items()}
+        out = []
+        for name, v in sorted(resp.items()):
+            out.append({"index": name, "aliases": sorted((v.get("aliases") or {})),
+                        "meta": (v.get("mappings") or {}).get("_meta") or {}, "docs": counts.get(name, 0),
+                        "created": (v.get("settings") or {}).get("index", {}).get("creation_date")})
+        return out
+
+    def iter_ids(self, index: str, query: Mapping[str, Any], *, page: int = 1000) -> Iterator[str]:
+        """Ids of every document matching ``query``, paged with ``search_after`` (no 10,000 cap)."""
+        after = None
+        while True:
+            body: dict[str, Any] = {"size": page, "query": dict(query), "_source": False,
+                                    "sort": [{"doc_id": "asc"}, {"chunk": "asc"}]}
+            if after is not None:
+                body["search_after"] = after
+            hits = self.search(index, body)["hits"]["hits"]
+            for h in hits:
+                yield h["_id"]
+            if len(hits) < page:
+                return
+            after = hits[-1]["sort"]
+
+    # -- bulk -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def streaming_bulk(self, actions: Iterable[Mapping[str, Any]], *, chunk_size: int, max_retries: int,
+                       initial_backoff: float, max_backoff: float) -> Iterator[tuple[bool, dict[str, Any]]]:
+        """The library's ``streaming_bulk`` (per-item results, 429s retried); errors translated."""

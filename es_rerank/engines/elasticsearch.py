@@ -1,0 +1,139 @@
+"""Elasticsearch: ``dense_vector`` chunks, top-level ``knn`` search, the ``rrf`` retriever."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from ..errors import ClusterError
+from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine, num_candidates_for
+
+logger = logging.getLogger(__name__)
+
+# The rrf retriever comes with the rank-rrf module and needs an Enterprise (or trial) license.
+RRF_MODULE = "rank-rrf"
+RRF_LICENSES = ("enterprise", "trial")
+
+
+class ElasticsearchEngine(Engine):
+    """Elasticsearch 9 through the official ``elasticsearch`` client."""
+
+    name = "elasticsearch"
+    mapping_file = "elasticsearch.json"
+    vector_type = "dense_vector"
+    dims_key = "dims"
+
+    def _make_client(self) -> Any:
+        from elasticsearch import Elasticsearch
+
+        s = self.settings
+        kwargs = s.client_kwargs()
+        # transient failures (connection reset, 429/502/503/504, timeouts) are retried by the client
+        kwargs.update(max_retries=3, retry_on_timeout=True)
+        if s.api_key is not None:
+            kwargs["api_key"] = s.api_key
+        if s.username is not None:
+            kwargs["basic_auth"] = (s.username, s.password)
+        try:
+            return Elasticsearch(**kwargs)
+        except ValueError as e:  # a URL that does not parse (bad port, stray characters)
+            raise ClusterError(f"ES_URL {s.safe_url!r} is not a valid URL: {s.redact(str(e))}",
+                               url=s.safe_url) from None
+
+    def _perform(self, method: str, path: str, *, body: Any, params: Mapping[str, Any] | None,
+                 headers: Mapping[str, str]) -> Any:
+        resp = self.client.perform_request(method, path, params=params, headers=headers, body=body)
+        return resp.body
+
+    def _translate(self, error: Exception) -> Exception | None:
+        from elastic_transport import ConnectionError as TransportConnectionError
+        from elastic_transport import ConnectionTimeout, TransportError
+        from elasticsearch import ApiError
+
+        if isinstance(error, ConnectionTimeout):
+            return self._unreachable(error, timeout=True)
+        if isinstance(error, TransportConnectionError):
+            return self._unreachable(error, timeout=False)
+        if isinstance(error, ApiError):
+            return self._api_error(error.meta.status, error.body)
+        if isinstance(error, TransportError):
+            return ClusterError(self.settings.redact(f"Elasticsearch request failed: {error.message}"),
+                                url=self.settings.safe_url)
+        return None
+
+    # -- capabilities -----------------------------------------------------------------------
+
+    def _detect_server_fusion(self) -> bool:
+        try:
+            nodes = self.request("GET", "/_nodes/_local/plugins",
+                                 params={"filter_path": "nodes.*.modules.name,nodes.*.plugins.name"})
+            lic = self.request("GET", "/_license")
+        except ClusterError as e:
+            if e.status in (401, 403):  # not allowed to look: fuse in Python, which always works
+                logger.info("cannot read the node's modules or license (%s); fusing in Python", e.status)
+                return False
+            raise
+        names = {m.get("name") for n in (nodes.get("nodes") or {}).values()
+                 for m in (n.get("modules") or []) + (n.get("plugins") or [])}
+        license_ = lic.get("license") or {}
+        return RRF_MODULE in names and license_.get("type") in RRF_LICENSES and license_.get("status") == "active"
+
+    @property
+    def server_fusion_hint(self) -> str:
+        return ("server-side RRF needs Elasticsearch's rank-rrf module and an Enterprise or trial license "
+                "(the docker compose cluster has both; the local Maven node has neither): use --fusion client "
+                "or --fusion auto")
+
+    # -- request bodies ----------------------------------------------------------------------
+
+    @staticmethod
+    def knn_clause(vector: Sequence[float], *, k: int, clauses: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """The ``knn`` clause over the embedding field, under the filter clauses."""
+        clause: dict[str, Any] = {
+            "field": VECTOR_FIELD,
+            "query_vector": [float(x) for x in vector],
+            "k": k,
+            "num_candidates": num_candidates_for(k),
+        }
+        if clauses:
+            clause["filter"] = [dict(c) for c in clauses]
+        return clause
+
+    def knn_body(self, vector: Sequence[float], *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
+                 source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+        return {"size": size, "knn": self.knn_clause(vector, k=size, clauses=clauses), "_source": list(source)}
+
+    def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
+                    clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+        """The ``rrf`` retriever over BM25 and kNN; both take ``depth`` results (the rank window)."""
+        return {
+            "size": depth,
+            "retriever": {
+                "rrf": {
+                    "retrievers": [
+                        {"standard": {"query": self.bm25_query(query, clauses)}},
+                        {"knn": self.knn_clause(vector, k=depth, clauses=clauses)},
+                    ],
+                    "rank_constant": rank_constant,
+                    "rank_window_size": depth,
+                }
+            },
+            "_source": list(source),
+        }
+
+    # -- bulk ---------------------------------------------------------------------------------
+
+    def streaming_bulk(self, actions: Iterable[Mapping[str, Any]], *, chunk_size: int, max_retries: int,
+                       initial_backoff: float, max_backoff: float) -> Iterator[tuple[bool, dict[str, Any]]]:
+        from elasticsearch import helpers
+
+        results = helpers.streaming_bulk(self.client, actions, chunk_size=chunk_size, raise_on_error=False,
+                                         raise_on_exception=True, max_retries=max_retries,
+                                         initial_backoff=initial_backoff, max_backoff=max_backoff)
+        try:
+            yield from results
+        except Exception as e:  # noqa: BLE001 - translated, else re-raised
+            ours = self._translate(e)
+            if ours is None:
+                raise
+            raise ours from e

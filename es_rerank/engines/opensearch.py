@@ -1,0 +1,128 @@
+"""OpenSearch: ``knn_vector`` chunks on the Lucene HNSW engine, ``knn`` queries, fusion in Python.
+
+The k-NN plugin from Maven Central carries no native libraries: a ``knn_vector`` whose
+``method`` names no engine defaults to faiss, and the first write to it kills the node.
+The mapping therefore always sets ``engine: lucene``. The ``hybrid`` query and its RRF
+(``score-ranker-processor``) come with the neural-search plugin, which many clusters lack;
+where it is installed es-rerank uses it with a temporary search pipeline in the request,
+so nothing is written to the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from ..errors import ClusterError
+from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine
+
+logger = logging.getLogger(__name__)
+
+NEURAL_SEARCH_PLUGIN = "opensearch-neural-search"
+
+
+class OpenSearchEngine(Engine):
+    """OpenSearch 2.x/3.x through ``opensearch-py`` (the Elasticsearch client refuses OpenSearch)."""
+
+    name = "opensearch"
+    mapping_file = "opensearch.json"
+    vector_type = "knn_vector"
+    dims_key = "dimension"
+
+    def _make_client(self) -> Any:
+        from opensearchpy import OpenSearch
+
+        s = self.settings
+        kwargs = s.client_kwargs()
+        kwargs["timeout"] = kwargs.pop("request_timeout")
+        kwargs.update(max_retries=3, retry_on_timeout=True, retry_on_status=(429, 502, 503, 504))
+        if s.api_key is not None:
+            kwargs["headers"] = {"authorization": f"ApiKey {s.api_key}"}
+        if s.username is not None:
+            kwargs["http_auth"] = (s.username, s.password)
+        try:
+            return OpenSearch(**kwargs)
+        except (ValueError, TypeError) as e:
+            raise ClusterError(f"ES_URL {s.safe_url!r} is not a valid URL: {s.redact(str(e))}",
+                               url=s.safe_url) from None
+
+    def _perform(self, method: str, path: str, *, body: Any, params: Mapping[str, Any] | None,
+                 headers: Mapping[str, str]) -> Any:
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        return self.client.transport.perform_request(method, path, params=params, body=body, headers=headers)
+
+    def _translate(self, error: Exception) -> Exception | None:
+        from opensearchpy import exceptions as ex
+
+        if isinstance(error, ex.ConnectionTimeout):
+            return self._unreachable(error, timeout=True)
+        if isinstance(error, ex.ConnectionError):
+            return self._unreachable(error, timeout=False)
+        if isinstance(error, ex.TransportError):
+            status = error.status_code if isinstance(error.status_code, int) else 500
+            body = error.info if isinstance(error.info, dict) else {"error": error.error}
+            return self._api_error(status, body)
+        return None
+
+    # -- capabilities -----------------------------------------------------------------------
+
+    def _detect_server_fusion(self) -> bool:
+        try:
+            nodes = self.request("GET", "/_nodes/_local/plugins", params={"filter_path": "nodes.*.plugins.name"})
+        except ClusterError as e:
+            if e.status in (401, 403):
+                logger.info("cannot read the node's plugins (%s); fusing in Python", e.status)
+                return False
+            raise
+        names = {p.get("name") for n in (nodes.get("nodes") or {}).values() for p in (n.get("plugins") or [])}
+        return NEURAL_SEARCH_PLUGIN in names
+
+    @property
+    def server_fusion_hint(self) -> str:
+        return ("server-side fusion on OpenSearch needs the neural-search plugin (the hybrid query and its RRF "
+                "processor), which this cluster lacks: use --fusion client or --fusion auto")
+
+    # -- request bodies ----------------------------------------------------------------------
+
+    @staticmethod
+    def knn_query(vector: Sequence[float], *, k: int, clauses: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """The ``knn`` query over the embedding field; filters apply during the HNSW search."""
+        spec: dict[str, Any] = {"vector": [float(x) for x in vector], "k": k}
+        if clauses:
+            spec["filter"] = {"bool": {"filter": [dict(c) for c in clauses]}}
+        return {"knn": {VECTOR_FIELD: spec}}
+
+    def knn_body(self, vector: Sequence[float], *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
+                 source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+        return {"size": size, "query": self.knn_query(vector, k=size, clauses=clauses), "_source": list(source)}
+
+    def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
+                    clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+        """The neural-search ``hybrid`` query with an RRF score-ranker in a temporary pipeline."""
+        return {
+            "size": depth,
+            "query": {"hybrid": {"queries": [self.bm25_query(query, clauses),
+                                             self.knn_query(vector, k=depth, clauses=clauses)],
+                                 "pagination_depth": depth}},
+            "search_pipeline": {"phase_results_processors": [
+                {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rank_constant}}}]},
+            "_source": list(source),
+        }
+
+    # -- bulk ---------------------------------------------------------------------------------
+
+    def streaming_bulk(self, actions: Iterable[Mapping[str, Any]], *, chunk_size: int, max_retries: int,
+                       initial_backoff: float, max_backoff: float) -> Iterator[tuple[bool, dict[str, Any]]]:
+        from opensearchpy import helpers
+
+        results = helpers.streaming_bulk(self.client, actions, chunk_size=chunk_size, raise_on_error=False,
+                                         raise_on_exception=True, max_retries=max_retries,
+                                         initial_backoff=initial_backoff, max_backoff=max_backoff)
+        try:
+            yield from results
+        except Exception as e:  # noqa: BLE001 - translated, else re-raised
+            ours = self._translate(e)
+            if ours is None:
+                raise
+            raise ours from e
