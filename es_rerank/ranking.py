@@ -164,6 +164,23 @@ def blend(
         >>> [(h.doc_id, h.final_score) for h in blend(hits, "linear", alpha=0.25)]
         [('a', 0.75), ('b', 0.25)]
     """
+    return [replace(hits[i], final_score=final) for i, final in blend_order(
+        hits, method, alpha=alpha, rank_constant=rank_constant)]
+
+
+def blend_order(
+    hits: Sequence[Hit],
+    method: str = DEFAULT_BLEND,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    rank_constant: int = DEFAULT_RANK_CONSTANT,
+) -> list[tuple[int, float | None]]:
+    """The order and final scores :func:`blend` gives, as ``(position in hits, final_score)`` pairs.
+
+    For callers that need only the order (tuning evaluates thousands of blends) and
+    would waste time building new hits; :func:`blend` is this plus the hits. Arguments
+    and errors are those of :func:`blend`.
+    """
     check_blend(method, alpha, rank_constant)
     for h in hits:
         if h.rerank_rank is None:
@@ -172,18 +189,17 @@ def blend(
             raise ConfigError(f"retrieval score of {h.chunk_id!r} must be finite, got {h.retrieval_score!r}")
     if method == "none":
         finals: list[float | None] = [h.rerank_score for h in hits]
-    elif method == "rrf":
-        finals = [1.0 / (rank_constant + h.retrieval_rank) + 1.0 / (rank_constant + h.rerank_rank) for h in hits]
-    else:
-        rerank = _min_max([h.rerank_score for h in hits])
-        retrieval = _min_max([h.retrieval_score for h in hits])
-        finals = [alpha * r + (1.0 - alpha) * q for r, q in zip(rerank, retrieval)]
-    if method == "none":
         # the reranker's own order; its ties were already broken by retrieval rank
         order = sorted(range(len(hits)), key=lambda i: (hits[i].rerank_rank, i))
+        return [(i, finals[i]) for i in order]
+    if method == "rrf":
+        finals = [1.0 / (rank_constant + h.retrieval_rank) + 1.0 / (rank_constant + h.rerank_rank) for h in hits]
     else:
-        order = sorted(range(len(hits)), key=lambda i: (-finals[i], hits[i].retrieval_rank, i))
-    return [replace(hits[i], final_score=finals[i]) for i in order]
+        rerank_norm = _min_max([h.rerank_score for h in hits])
+        retrieval_norm = _min_max([h.retrieval_score for h in hits])
+        finals = [alpha * r + (1.0 - alpha) * q for r, q in zip(rerank_norm, retrieval_norm)]
+    order = sorted(range(len(hits)), key=lambda i: (-finals[i], hits[i].retrieval_rank, i))  # type: ignore[operator]
+    return [(i, finals[i]) for i in order]
 
 
 def rerank(
