@@ -111,8 +111,9 @@ def test_ci_matches_a_slow_reference_bootstrap():
     # the true lower bound here is 0 (a mean of 0.0 exactly) but summation leaves ~1e-18:
     # that noise must not count as excluding 0
     assert abs(low) < 1e-12
-    assert not paired_comparison({f"q{i}": 0.0 for i in range(7)},
-                                 {f"q{i}": float(d) for i, d in enumerate(deltas)}, resamples=3000, seed=3).excludes_zero
+    zero = {f"q{i}": 0.0 for i in range(7)}
+    setup = {f"q{i}": float(d) for i, d in enumerate(deltas)}
+    assert not paired_comparison(zero, setup, resamples=3000, seed=3).excludes_zero
 
 
 def test_ci_blocks_do_not_change_large_inputs(monkeypatch):
@@ -144,7 +145,8 @@ def test_one_query_has_no_interval():
 
 @pytest.mark.parametrize("base,new,kwargs,match", [
     ({}, {}, {}, "at least one query"),
-    ({"q1": 0.1, "q2": 0.2}, {"q1": 0.1, "q3": 0.2}, {}, r"1 only in the baseline \['q2'\], 1 only in the setup \['q3'\]"),
+    ({"q1": 0.1, "q2": 0.2}, {"q1": 0.1, "q3": 0.2}, {},
+     r"1 only in the baseline \['q2'\], 1 only in the setup \['q3'\]"),
     ({"q1": 0.1, "q2": math.nan}, {"q1": 0.1, "q2": 0.2}, {}, "baseline value of query 'q2' must be finite, got nan"),
     ({"q1": 0.1}, {"q1": 0.2}, {"resamples": 0}, "resamples must be an integer >= 1, got 0"),
     ({"q1": 0.1}, {"q1": 0.2}, {"confidence": 1.0}, r"confidence must be a number in \(0, 1\), got 1.0"),

@@ -107,9 +107,10 @@ def test_grid_values_equal_a_direct_evaluation():
         g = evaluate_grid(cands, scores, qrels, metric=metric, depths=(5, 10, 15), alphas=(0.2, 0.7))
         assert len(g.settings) == 1 + 2 * 3 * 4
         for setting in g.settings:
-            run = {q: doc_scores(collapse(apply_setting(cands[q], None if setting.is_baseline else scores[setting.reranker][q],
-                                                        setting)))
-                   for q in cands}
+            run = {}
+            for q in cands:
+                reranker_scores = None if setting.is_baseline else scores[setting.reranker][q]
+                run[q] = doc_scores(collapse(apply_setting(cands[q], reranker_scores, setting)))
             assert g.row(setting).mean() == pytest.approx(evaluate_run(qrels, run, [metric])[metric])
 
 

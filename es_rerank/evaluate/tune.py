@@ -370,7 +370,9 @@ class Recommendation:
                 "reason": self.reason, "env": dict(self.env), "cli_args": list(self.cli_args)}
 
 
-def recommend(best: Setting, comparison: PairedComparison, baseline: Setting, *, held_out: bool = False) -> Recommendation:
+def recommend(
+    best: Setting, comparison: PairedComparison, baseline: Setting, *, held_out: bool = False
+) -> Recommendation:
     """Recommend ``best`` when it beats the baseline with an interval excluding 0; else keep hybrid."""
     measured = "on held-out folds" if held_out else "on the tuning queries"
     reason = f"{best.label()} {measured}: " + comparison.summary(setup=best.label(), baseline="hybrid")
