@@ -180,6 +180,8 @@ def test_grid_order_and_alphas():
     ({"metric": "ndcg@0"}, ValidationError, "got 'ndcg@0'"),
     ({"depths": (50, 100)}, ValidationError, r"no depth of \[50, 100\] is <= the candidates' depth 20"),
     ({"depths": (0, 10)}, ValidationError, "depths must be integers >= 1, got 0"),
+    ({"depths": ("10",)}, ValidationError, "depths must be integers >= 1, got '10'"),
+    ({"max_depth": 15}, ValidationError, "retrieved at depth 15 but a query has 20"),
     ({"alphas": (0.5, 1.5)}, ConfigError, "got 1.5"),
 ])
 def test_tune_rejects_bad_settings(kwargs, exc, match):

@@ -294,11 +294,17 @@ def evaluate_grid(
         The :class:`Grid` of per-query values.
 
     Raises:
-        ValidationError: Bad metric, mismatched or missing inputs, or no depth <= ``max_depth``.
+        ValidationError: Bad metric or depths, mismatched or missing inputs, a candidate list
+            longer than ``max_depth``, or no depth <= ``max_depth``.
     """
     check_metric(metric)
     _validate_inputs(candidates, scores, qrels)
+    for d in (*depths, *(() if max_depth is None else (max_depth,))):
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValidationError(f"depths must be integers >= 1, got {d!r}")
     longest = max(len(h) for h in candidates.values())
+    if max_depth is not None and longest > max_depth:
+        raise ValidationError(f"candidates were said to be retrieved at depth {max_depth} but a query has {longest}")
     max_depth = longest if max_depth is None else max_depth
     kept = sorted(d for d in set(depths) if d <= max_depth)
     if not kept:
