@@ -23,8 +23,8 @@ from .embedding import Embedder, build_embedder
 from .engines import Engine, FieldInfo, open_engine
 from .errors import ConfigError, RerankerError, ValidationError
 from .fusion import fuse_hits
-from .ranking import blend as blend_hits
-from .ranking import collapse, order_by_rerank
+from .ranking import check_blend, collapse, fallback_count
+from .ranking import rerank as order_and_blend
 from .rerankers import BaseReranker, Reranker, as_reranker, build_reranker
 from .rerankers.base import Scored
 from .types import Hit, SearchResult, Timings, Usage
@@ -335,6 +335,7 @@ class Searcher:
         blend = self.settings.blend if blend is None else blend
         blend_weight = self.settings.blend_weight if blend_weight is None else blend_weight
         results = self.settings.results if results is None else results
+        check_blend(blend, blend_weight, self.settings.rank_constant)
         if results not in ("documents", "chunks"):
             raise ValidationError(f"results must be documents or chunks, got {results!r}", field="results")
         chosen = self.reranker if reranker is True else (as_reranker(reranker) if reranker else None)
@@ -344,8 +345,9 @@ class Searcher:
             t0 = time.perf_counter()
             try:
                 scored = self._score(chosen, query, [h.passage for h in ordered])
-                ordered, fallbacks = order_by_rerank(ordered, scored.scores)
-                ordered = blend_hits(ordered, blend, alpha=blend_weight, rank_constant=self.settings.rank_constant)
+                ordered = order_and_blend(ordered, scored.scores, method=blend, alpha=blend_weight,
+                                          rank_constant=self.settings.rank_constant)
+                fallbacks = fallback_count(ordered)
                 usage = scored.usage
                 reranked = True
             except Exception as e:  # any backend failure: a model, a network, a bug

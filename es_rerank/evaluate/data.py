@@ -59,7 +59,7 @@ def load_beir(root: str | Path, split: str = "test", *, check_corpus: bool = Tru
         if not path.is_file():
             raise InputError(f"{path}: missing (BEIR layout needs corpus.jsonl, queries.jsonl, qrels/{split}.tsv)")
     qrels: dict[str, dict[str, int]] = {}
-    with open(qrels_path, encoding="utf-8", newline="") as fh:
+    with open(qrels_path, encoding="utf-8-sig", newline="", errors="strict") as fh:
         for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
             if not row or (line_no == 1 and row[0] == "query-id"):
                 continue
@@ -72,29 +72,45 @@ def load_beir(root: str | Path, split: str = "test", *, check_corpus: bool = Tru
                 raise InputError(f"{qrels_path}:{line_no}: score must be an integer, got {row[2]!r}") from None
             qrels.setdefault(row[0], {})[row[1]] = grade
     all_queries: dict[str, str] = {}
-    with open(queries_path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                all_queries[str(obj["_id"])] = obj["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InputError(f"{queries_path}:{line_no}: expected an object with _id and text ({e})") from None
+    for line_no, obj in _jsonl(queries_path):
+        if not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise InputError(f"{queries_path}:{line_no}: expected an object with _id and a non-empty text",
+                             path=str(queries_path))
+        all_queries[str(obj["_id"])] = obj["text"]
     unknown_q = tuple(sorted(q for q in qrels if q not in all_queries))
     queries = {q: all_queries[q] for q in all_queries if q in qrels and any(g > 0 for g in qrels[q].values())}
     if not queries:
         raise InputError(f"{qrels_path}: no judged query of split {split!r} is in {queries_path.name}")
     unknown_d: tuple[str, ...] = ()
     if check_corpus:
-        ids = set()
-        with open(corpus, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    ids.add(str(json.loads(line)["_id"]))
+        ids = {str(obj["_id"]) for _, obj in _jsonl(corpus)}
         unknown_d = tuple(sorted({d for q in queries for d in qrels[q] if d not in ids}))
     if unknown_q:
         logger.warning("%d judged query ids are not in queries.jsonl; they are left out", len(unknown_q))
     if unknown_d:
         logger.warning("%d judged document ids are not in corpus.jsonl", len(unknown_d))
     return BeirData(root, split, queries, {q: qrels[q] for q in queries}, unknown_q, unknown_d)
+
+
+def _jsonl(path: Path):
+    """``(line number, object)`` for each non-blank line; an object needs an ``_id``.
+
+    Raises:
+        InputError: A line that is not UTF-8, not JSON, not an object, or lacks ``_id`` (file:line).
+    """
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{line_no}: not valid UTF-8 (byte {e.start})", path=str(path)) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise InputError(f"{path}:{line_no}: invalid JSON ({getattr(e, 'msg', type(e).__name__)})",
+                                 path=str(path)) from None
+            if not isinstance(obj, dict) or "_id" not in obj:
+                raise InputError(f"{path}:{line_no}: expected a JSON object with an _id", path=str(path))
+            yield line_no, obj
