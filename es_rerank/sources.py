@@ -60,9 +60,9 @@ MAX_ID_BYTES = 500
 MAX_METADATA_DEPTH = 10
 # Room in a JSONL line or CSV row for the id, the metadata and the syntax, beyond text and title.
 RECORD_OVERHEAD_BYTES = 1 << 20
-# The longest JSON spelling of one character is a surrogate-pair escape: "\ud83d\ude00".
-_JSON_BYTES_PER_CHAR = 12
-_UTF8_BYTES_PER_CHAR = 4
+# Most bytes one character can take: a JSON surrogate-pair escape ("\ud83d\ude00") is 12;
+# UTF-8 is at most 4 (a doubled quote in CSV is 2).
+_BYTES_PER_CHAR = {"jsonl": 12, "csv": 4, "text": 4}
 _CHUNK = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _RAISE_HINT = "raise it with --max-document-chars / ES_RERANK_MAX_DOCUMENT_CHARS"
@@ -126,24 +126,31 @@ class SourcePlan:
         Returns:
             The number of documents plus rejections to expect.
         """
-        limit = record_byte_limit(DEFAULT_MAX_CHARS)
-        return sum(_count_file(f, limit) for f in self.files)
+        return sum(_count_file(f) for f in self.files)
 
 
-def record_byte_limit(max_chars: int | None) -> int | None:
-    """Bytes a JSONL line or a CSV row may take before it is rejected without being parsed.
+def record_byte_limit(max_chars: int | None, kind: Kind = "jsonl") -> int | None:
+    """Bytes one record of ``kind`` may take before it is rejected without being parsed.
 
-    Enough for ``max_chars`` characters of text and title in the longest JSON spelling
-    (12 bytes for an escaped surrogate pair) plus :data:`RECORD_OVERHEAD_BYTES` for the id,
-    the metadata and the syntax: about 13 MB for the default of 1,000,000 characters.
+    Enough for ``max_chars`` characters of text and title in their longest spelling: 12
+    bytes a character in JSON (an escaped surrogate pair), 4 in a CSV row or a text file
+    (UTF-8), plus :data:`RECORD_OVERHEAD_BYTES` for the id, the metadata and the syntax of
+    a JSONL line or CSV row (3 bytes for a byte-order mark in a text file). For the default
+    of 1,000,000 characters: about 13 MB a JSONL line, 5 MB a CSV row, 4 MB a text file.
+    A longer record holds more than ``max_chars`` characters, so nothing that fits the
+    character limit is refused by the byte limit (metadata over 1 MiB aside).
 
     Args:
         max_chars: The limit on text and title characters; None for no limit.
+        kind: ``jsonl``, ``csv`` or ``text``. Defaults to ``jsonl``.
 
     Returns:
-        The limit in bytes, or None (no limit: lines are read whole).
+        The limit in bytes, or None (no limit: records are read whole).
     """
-    return None if max_chars is None else _JSON_BYTES_PER_CHAR * max_chars + RECORD_OVERHEAD_BYTES
+    if max_chars is None:
+        return None
+    extra = len(_BOM) if kind == "text" else RECORD_OVERHEAD_BYTES
+    return _BYTES_PER_CHAR[kind] * max_chars + extra
 
 
 def plan_paths(
@@ -240,7 +247,7 @@ def read_paths(
         source: A :class:`SourcePlan`, or files and folders to plan first.
         max_chars: Reject documents whose text and title together are longer (about 1,200
             chunks of 200 tokens per million characters, each to be embedded); lines and
-            rows are cut off at :func:`record_byte_limit` of it while reading. None accepts
+            rows and files are cut off at :func:`record_byte_limit` while reading. None accepts
             any size and reads lines whole. Defaults to 1,000,000.
         include_hidden: Passed to :func:`plan_paths` when paths are given. Defaults to False.
         follow_symlinks: Passed to :func:`plan_paths` when paths are given. Defaults to False.
@@ -264,10 +271,9 @@ def read_paths(
 
 
 def _read_plan(plan: SourcePlan, max_chars: int | None) -> Iterator[Record]:
-    limit = record_byte_limit(max_chars)
     first_seen: dict[str, str] = {}
     for f in plan.files:
-        for record in _file_records(f, byte_limit=limit, max_chars=max_chars):
+        for record in _file_records(f, max_chars):
             if isinstance(record, Document):
                 size = len(record.text) + len(record.title)
                 if max_chars is not None and size > max_chars:
@@ -416,22 +422,25 @@ def _open(path: Path) -> BinaryIO:
         raise
 
 
-def _file_records(f: SourceFile, *, byte_limit: int | None, max_chars: int | None) -> Iterator[Record]:
+def _file_records(f: SourceFile, max_chars: int | None) -> Iterator[Record]:
     """One file's records; a file that cannot be opened or read on is one rejection."""
     source = f.source
+    limit = record_byte_limit(max_chars, f.kind)
     try:
         fh = _open(f.path)
     except _Unreadable as e:
         yield Rejection(source, None, f"{e}: check the file still exists and is readable", f.doc_id)
         return
     with fh:
+        records: Iterator[Record]
         if f.kind == "text":
-            records: Iterator[Record] = iter([read_text_file(fh, source=source, doc_id=f.doc_id if f.doc_id is not None else f.path.name,
-                                                             suffix=f.path.suffix, max_chars=max_chars)])
+            doc_id = f.doc_id if f.doc_id is not None else f.path.name
+            records = iter([read_text_file(fh, source=source, doc_id=doc_id, suffix=f.path.suffix,
+                                           byte_limit=limit)])
         elif f.kind == "jsonl":
-            records = read_jsonl(fh, source=source, byte_limit=byte_limit)
+            records = read_jsonl(fh, source=source, byte_limit=limit)
         else:
-            records = read_csv(fh, source=source, byte_limit=byte_limit)
+            records = read_csv(fh, source=source, byte_limit=limit)
         while True:
             try:
                 record = next(records)
@@ -444,7 +453,7 @@ def _file_records(f: SourceFile, *, byte_limit: int | None, max_chars: int | Non
             yield record
 
 
-def _count_file(f: SourceFile, byte_limit: int | None) -> int:
+def _count_file(f: SourceFile) -> int:
     """Records :func:`_file_records` will yield for ``f``, without parsing JSON or building documents."""
     if f.kind == "text":
         return 1
@@ -452,13 +461,19 @@ def _count_file(f: SourceFile, byte_limit: int | None) -> int:
         fh = _open(f.path)
     except _Unreadable:
         return 1  # read as one rejection
+    limit = record_byte_limit(DEFAULT_MAX_CHARS, f.kind)
+    count = 0
     with fh:
         try:
             if f.kind == "jsonl":
-                return sum(1 for _ in _lines(fh, byte_limit))
-            return sum(1 for _ in read_csv(fh, source=f.source, byte_limit=byte_limit))
+                for _ in _lines(fh, limit):
+                    count += 1
+            else:
+                for _ in read_csv(fh, source=f.source, byte_limit=limit):
+                    count += 1
         except OSError:
-            return 1  # read as a rejection after the records before it; a total to expect, not a promise
+            count += 1  # read as one rejection after the records before it
+    return count
 
 
 def read_jsonl(fh: BinaryIO, *, source: str, byte_limit: int | None) -> Iterator[Record]:
@@ -476,9 +491,8 @@ def read_jsonl(fh: BinaryIO, *, source: str, byte_limit: int | None) -> Iterator
     for number, data, size in _lines(fh, byte_limit):
         if data is None:
             yield Rejection(source, number,
-                            f"line is {size:,} bytes, over the reading limit of {byte_limit:,} bytes for records "
-                            f"of at most {(byte_limit - RECORD_OVERHEAD_BYTES) // _JSON_BYTES_PER_CHAR:,} characters"
-                            f" ({_RAISE_HINT}); skipped to the next line")
+                            f"line is {size:,} bytes, over the reading limit of {byte_limit:,} bytes that the "
+                            f"document size limit sets ({_RAISE_HINT}); skipped to the next line")
         else:
             yield _json_record(data, source, number)
 
@@ -837,9 +851,8 @@ def _csv_rows(fh: BinaryIO, limit: int | None) -> Iterator[_Row]:
                 yield _Row(start, feed.line_no, None, _unclosed(tracker.opened_line or start, feed.line_no))
                 return
             yield _Row(start, feed.line_no, None,
-                       f"row is over {limit:,} bytes ({size:,} bytes, lines {start}-{feed.line_no}), the reading "
-                       f"limit for records of at most {(limit - RECORD_OVERHEAD_BYTES) // _JSON_BYTES_PER_CHAR:,} "
-                       f"characters ({_RAISE_HINT}); skipped to the next row")
+                       f"row is {size:,} bytes (lines {start}-{feed.line_no}), over the reading limit of "
+                       f"{limit:,} bytes that the document size limit sets ({_RAISE_HINT}); skipped to the next row")
             continue
         except csv.Error as e:
             start = feed.row_start
@@ -933,7 +946,7 @@ def read_csv(fh: BinaryIO, *, source: str, byte_limit: int | None) -> Iterator[R
 # --- text files ---------------------------------------------------------------------------
 
 
-def read_text_file(fh: BinaryIO, *, source: str, doc_id: str, suffix: str, max_chars: int | None) -> Record:
+def read_text_file(fh: BinaryIO, *, source: str, doc_id: str, suffix: str, byte_limit: int | None) -> Record:
     """One document from a text file; binary, non-UTF-8 or over-long content is rejected.
 
     The title is the first Markdown heading (.md, .markdown), else the file name without
@@ -944,8 +957,8 @@ def read_text_file(fh: BinaryIO, *, source: str, doc_id: str, suffix: str, max_c
         source: The file's name in records.
         doc_id: The document id.
         suffix: The file's suffix (decides whether headings are looked for).
-        max_chars: A file over 4 bytes per character of this is rejected without being
-            read whole; None reads it whole.
+        byte_limit: A larger file is rejected with its size without being read (see
+            :func:`record_byte_limit`); None reads it whole.
 
     Returns:
         A Document, or a Rejection.
@@ -954,16 +967,15 @@ def read_text_file(fh: BinaryIO, *, source: str, doc_id: str, suffix: str, max_c
     if bad is not None:
         return Rejection(source, None, "file name is not valid UTF-8, so it cannot be the document id: rename it",
                          _display(doc_id))
-    if max_chars is None:
+    if byte_limit is None:
         data = fh.read()
     else:
-        # Every character takes 1 to 4 bytes: a larger file is over the limit, unread.
-        limit = _UTF8_BYTES_PER_CHAR * max_chars + len(_BOM)
         size = os.fstat(fh.fileno()).st_size
-        data = fh.read(limit + 1) if size <= limit else b""
-        if size > limit or len(data) > limit:
-            return Rejection(source, None, f"file is {max(size, len(data)):,} bytes, more than {max_chars:,} "
-                                           f"characters of text can take ({_RAISE_HINT})", doc_id)
+        data = fh.read(byte_limit + 1) if size <= byte_limit else b""
+        if size > byte_limit or len(data) > byte_limit:
+            return Rejection(source, None, f"file is {max(size, len(data)):,} bytes, over the reading limit of "
+                                           f"{byte_limit:,} bytes that the document size limit sets "
+                                           f"({_RAISE_HINT})", doc_id)
     if b"\x00" in data[:8192]:
         return Rejection(source, None, "binary file (NUL bytes)", doc_id)
     if data.startswith(_BOM):
