@@ -32,11 +32,12 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Literal
+from typing import Any, BinaryIO, Iterable, Iterator, Literal, NamedTuple, cast
 
 from .errors import ConfigError, InputError
 from .types import Document, Rejection
@@ -47,6 +48,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_SUFFIXES = (".csv",)
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 ID_KEYS = ("id", "_id")
+_RECORD_KEYS = frozenset((*ID_KEYS, "text", "title", "metadata"))
 
 Record = Document | Rejection
 Kind = Literal["jsonl", "csv", "text"]
@@ -119,9 +121,11 @@ class SourcePlan:
         """How many records :func:`read_paths` will yield for this plan, read in a streaming pass.
 
         JSONL: non-blank lines; CSV: rows after the header (blank rows aside; a file whose
-        header is refused counts 1, the rejection); text files: 1 each. Memory stays within
+        header is refused counts 1, the rejection); text files: 1 each. Memory is bounded by
         :func:`record_byte_limit` of the default ``max_chars`` whatever the files hold. The
-        count matches what is read as long as the files do not change in between.
+        count matches what is read as long as the files do not change in between (one
+        exception: a CSV row of nothing but blanks, over the byte limit of the default but
+        not of a larger ``max_chars``, counts as the rejection it would be by default).
 
         Returns:
             The number of documents plus rejections to expect.
@@ -246,9 +250,9 @@ def read_paths(
     Args:
         source: A :class:`SourcePlan`, or files and folders to plan first.
         max_chars: Reject documents whose text and title together are longer (about 1,200
-            chunks of 200 tokens per million characters, each to be embedded); lines and
-            rows and files are cut off at :func:`record_byte_limit` while reading. None accepts
-            any size and reads lines whole. Defaults to 1,000,000.
+            chunks of 200 tokens per million characters, each to be embedded); lines, rows
+            and text files are cut off at :func:`record_byte_limit` while reading. None
+            accepts any size and reads records whole. Defaults to 1,000,000.
         include_hidden: Passed to :func:`plan_paths` when paths are given. Defaults to False.
         follow_symlinks: Passed to :func:`plan_paths` when paths are given. Defaults to False.
 
@@ -257,7 +261,8 @@ def read_paths(
 
     Raises:
         InputError: From :func:`plan_paths`.
-        ConfigError: ``max_chars`` is below 1.
+        ConfigError: ``max_chars`` is below 1, or a plan comes with ``include_hidden`` or
+            ``follow_symlinks`` (they belong to :func:`plan_paths`).
 
     Example:
         >>> for r in read_paths(["docs.jsonl"]):  # doctest: +SKIP
@@ -265,9 +270,12 @@ def read_paths(
     """
     if max_chars is not None and max_chars < 1:
         raise ConfigError(f"max_chars must be >= 1 (or None for no limit), got {max_chars}")
-    plan = source if isinstance(source, SourcePlan) else plan_paths(
-        source, include_hidden=include_hidden, follow_symlinks=follow_symlinks)
-    return _read_plan(plan, max_chars)
+    if isinstance(source, SourcePlan):
+        if include_hidden or follow_symlinks:
+            raise ConfigError("include_hidden and follow_symlinks choose what plan_paths finds: "
+                              "pass them to plan_paths, not with a plan")
+        return _read_plan(source, max_chars)
+    return _read_plan(plan_paths(source, include_hidden=include_hidden, follow_symlinks=follow_symlinks), max_chars)
 
 
 def _read_plan(plan: SourcePlan, max_chars: int | None) -> Iterator[Record]:
@@ -441,16 +449,11 @@ def _file_records(f: SourceFile, max_chars: int | None) -> Iterator[Record]:
             records = read_jsonl(fh, source=source, byte_limit=limit)
         else:
             records = read_csv(fh, source=source, byte_limit=limit)
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                return
-            except OSError as e:  # an I/O error part-way: report it, go on with the next file
-                yield Rejection(source, None, f"reading stopped: {e.strerror}; the records after the last "
-                                              "one reported from this file were not read")
-                return
-            yield record
+        try:
+            yield from records
+        except OSError as e:  # an I/O error part-way: report it, go on with the next file
+            yield Rejection(source, None, f"reading stopped: {e.strerror}; the records after the last "
+                                          "one reported from this file were not read")
 
 
 def _count_file(f: SourceFile) -> int:
@@ -469,7 +472,7 @@ def _count_file(f: SourceFile) -> int:
                 for _ in _lines(fh, limit):
                     count += 1
             else:
-                for _ in read_csv(fh, source=f.source, byte_limit=limit):
+                for _ in _read_csv(fh, f.source, limit, build=False):
                     count += 1
         except OSError:
             count += 1  # read as one rejection after the records before it
@@ -542,6 +545,27 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+class _NonFinite(Exception):
+    """A JSON number that is NaN or infinite in double precision."""
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if math.isinf(value):  # 1e999
+        raise _NonFinite(token)
+    return value
+
+
+def _no_constant(token: str) -> float:
+    raise _NonFinite(token)  # NaN, Infinity, -Infinity: Python reads them, JSON and Elasticsearch do not
+
+
+# One decoder for every line: building one per call costs as much as parsing a short record.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_finite_float, parse_constant=_no_constant)
+# A \u escape of a UTF-16 surrogate (D800-DFFF).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _json_record(data: bytes, source: str, line: int) -> Record:
     """Parse and check one JSONL line."""
     try:
@@ -549,7 +573,15 @@ def _json_record(data: bytes, source: str, line: int) -> Record:
     except UnicodeDecodeError as e:
         return Rejection(source, line, f"not valid UTF-8 (byte {e.start} of the line): save the file as UTF-8")
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys)
+        try:
+            obj = _DECODER.decode(text)
+            # Only a \u escape can put a lone surrogate here (the bytes were strict UTF-8), and
+            # nesting needs brackets: most lines need no walk at all.
+            walk = _SURROGATE_ESCAPE.search(data) is not None or \
+                data.count(b"{") + data.count(b"[") > MAX_METADATA_DEPTH
+        except _NonFinite:
+            obj = json.loads(text, object_pairs_hook=_unique_keys)  # NaN and Infinity kept, to name the field
+            walk = True
     except json.JSONDecodeError as e:
         return Rejection(source, line, f"invalid JSON: {e.msg} at column {e.colno}")
     except _DuplicateKey as e:
@@ -563,7 +595,7 @@ def _json_record(data: bytes, source: str, line: int) -> Record:
                                        "write it as a string")
     if not isinstance(obj, dict):
         return Rejection(source, line, f"expected a JSON object, got {type(obj).__name__}")
-    problem = _check_tree(obj)
+    problem = _check_tree(obj) if walk else None
     if problem is not None:
         return Rejection(source, line, problem, _reported_id(obj))
     return _document(obj, source, line)
@@ -634,8 +666,15 @@ def _printable(s: str, limit: int = 200) -> str:
     return s if len(s) <= limit else s[:limit] + "…"
 
 
+def _raw_id(fields: dict[str, Any]) -> Any:
+    """The value of ``id``, else of ``_id``, else None."""
+    if "id" in fields:
+        return fields["id"]
+    return fields.get("_id")
+
+
 def _reported_id(fields: dict[str, Any]) -> str | None:
-    raw_id = next((fields[k] for k in ID_KEYS if k in fields), None)
+    raw_id = _raw_id(fields)
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         return None
     return _printable(str(raw_id).strip())
@@ -643,7 +682,7 @@ def _reported_id(fields: dict[str, Any]) -> str | None:
 
 def _document(fields: dict[str, Any], source: str, line: int | None) -> Record:
     """Validate one record's fields into a Document, or explain the rejection."""
-    raw_id = next((fields[k] for k in ID_KEYS if k in fields), None)
+    raw_id = _raw_id(fields)
     if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
         return Rejection(source, line, "missing or empty 'id' (or '_id')")
     if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
@@ -653,7 +692,7 @@ def _document(fields: dict[str, Any], source: str, line: int | None) -> Record:
     if bad is not None:
         return Rejection(source, line, f"field 'id' holds a lone UTF-16 surrogate ({bad}), which is not valid "
                                        "Unicode: fix the \\u escape in the source", _printable(doc_id))
-    id_bytes = len(doc_id.encode("utf-8"))
+    id_bytes = len(doc_id) if doc_id.isascii() else len(doc_id.encode("utf-8"))
     if id_bytes > MAX_ID_BYTES:
         return Rejection(source, line, f"id is {id_bytes:,} bytes in UTF-8, over the limit of {MAX_ID_BYTES} "
                                        "(Elasticsearch allows 512 bytes per _id and chunk ids add '#<n>'): "
@@ -674,12 +713,15 @@ def _document(fields: dict[str, Any], source: str, line: int | None) -> Record:
         metadata = {}
     if not isinstance(metadata, dict):
         return Rejection(source, line, f"'metadata' must be an object, got {type(metadata).__name__}", doc_id)
-    extra = {k: v for k, v in fields.items() if k not in (*ID_KEYS, "text", "title", "metadata")}
-    clash = next((k for k in extra if k in metadata), None)
-    if clash is not None:
-        return Rejection(source, line, f"field {clash!r} is given both at the top level and in 'metadata': keep one",
-                         doc_id)
-    metadata = {**extra, **metadata} if extra else dict(metadata)
+    extra = {k: v for k, v in fields.items() if k not in _RECORD_KEYS}
+    if extra:
+        clash = next((k for k in extra if k in metadata), None)
+        if clash is not None:
+            return Rejection(source, line, f"field {clash!r} is given both at the top level and in 'metadata': "
+                                           "keep one", doc_id)
+        metadata = {**extra, **metadata}
+    else:
+        metadata = dict(metadata)
     return Document(id=doc_id, text=text, title=title.strip(), metadata=metadata, source=source, line=line)
 
 
@@ -819,8 +861,7 @@ class _QuoteTracker:
         return False
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):  # a tuple: built once per row, so kept cheap
     start: int
     end: int
     fields: list[str] | None
@@ -848,7 +889,8 @@ def _csv_rows(fh: BinaryIO, limit: int | None) -> Iterator[_Row]:
             start = feed.row_start
             ended, tracker, size = feed.skip_row()
             if not ended:
-                yield _Row(start, feed.line_no, None, _unclosed(tracker.opened_line or start, feed.line_no))
+                opened = start if tracker.opened_line is None else tracker.opened_line
+                yield _Row(start, feed.line_no, None, _unclosed(opened, feed.line_no))
                 return
             yield _Row(start, feed.line_no, None,
                        f"row is {size:,} bytes (lines {start}-{feed.line_no}), over the reading limit of "
@@ -857,8 +899,8 @@ def _csv_rows(fh: BinaryIO, limit: int | None) -> Iterator[_Row]:
         except csv.Error as e:
             start = feed.row_start
             if feed.eof:  # at the end of the data only an open quote is an error
-                yield _Row(start, feed.line_no, None,
-                           _unclosed(feed.quote_state()[0].opened_line or start, feed.line_no))
+                opened = feed.quote_state()[0].opened_line
+                yield _Row(start, feed.line_no, None, _unclosed(start if opened is None else opened, feed.line_no))
                 return
             span = f" (row of lines {start}-{feed.line_no}: a quote may be left open)" if feed.line_no > start else ""
             yield _Row(start, feed.line_no, None, f"malformed CSV{span}: {e}")
@@ -889,6 +931,12 @@ def read_csv(fh: BinaryIO, *, source: str, byte_limit: int | None) -> Iterator[R
     Returns:
         One record per non-blank row.
     """
+    return cast(Iterator[Record], _read_csv(fh, source, byte_limit, build=True))  # build: never None
+
+
+def _read_csv(fh: BinaryIO, source: str, byte_limit: int | None, *, build: bool) -> Iterator[Record | None]:
+    """:func:`read_csv`; with ``build`` False, None stands for each record that would be checked
+    and built (for counting without the cost)."""
     rows = _csv_rows(fh, byte_limit)
     head = next(rows, None)
     if head is None:
@@ -935,6 +983,9 @@ def read_csv(fh: BinaryIO, *, source: str, byte_limit: int | None) -> Iterator[R
                             _reported_id(values))
             continue
         if all(not v.strip() for v in values.values()):
+            continue
+        if not build:
+            yield None
             continue
         fields: dict[str, Any] = {k: v for k, v in values.items() if k in (*ID_KEYS, "text", "title")}
         meta = {k: v for k, v in values.items() if k not in fields and v != ""}

@@ -86,6 +86,12 @@ def test_ids_differing_only_in_surrogates_are_not_merged(tmp_path):
     assert docs == [] and [(r.line, r.doc_id) for r in rej] == [(1, "a\\ud800"), (2, "a\\ud801")]
 
 
+def test_surrogate_pairs_and_astral_characters_are_fine(tmp_path):
+    p = write_lines(tmp_path / "pairs.jsonl", ['{"id": "\\ud83d\\ude00", "text": "smile \\ud83d\\ude00", "m": "😀"}'])
+    docs, rej = split(read_paths([p]))
+    assert rej == [] and [(d.id, d.text, dict(d.metadata)) for d in docs] == [("😀", "smile 😀", {"m": "😀"})]
+
+
 def test_json_nested_3000_deep_rejects_only_that_line(tmp_path):
     deep = '{"id": "deep", "text": "x", "metadata": ' + "[" * 3000 + "]" * 3000 + "}"
     p = write_lines(tmp_path / "deep.jsonl", [deep, GOOD])
@@ -505,3 +511,13 @@ def test_csv_row_limit_only_rejects_rows_it_cuts(tmp_path, body, limit, header):
     for line in set(by_line) - {r.line for r in whole}:
         assert by_line[line].reason.startswith("row is ")  # a blank row too long to look at
     assert sources.SourcePlan((sources.SourceFile(p, "csv"),)).count_records() == len(whole)
+
+
+def test_read_paths_arguments_are_checked(tmp_path):
+    from es_rerank.errors import ConfigError
+
+    p = write_lines(tmp_path / "a.jsonl", [GOOD])
+    with pytest.raises(ConfigError, match="max_chars must be >= 1"):
+        read_paths([p], max_chars=0)
+    with pytest.raises(ConfigError, match="pass them to plan_paths"):
+        read_paths(sources.plan_paths([p]), include_hidden=True)
