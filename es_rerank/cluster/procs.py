@@ -113,8 +113,13 @@ def _wait_gone(pidfd: int, timeout: float) -> bool:
 
 
 def alive(pid: int) -> bool:
-    """Whether a process with this number exists (of any user)."""
-    return os.path.exists(f"/proc/{pid}")
+    """Whether a process with this number is running (of any user; a zombie awaiting its reaper is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5) -> bool:
