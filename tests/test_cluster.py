@@ -85,6 +85,15 @@ def _make_decoy(parent: Path, name: str = "decoy") -> Path:
     return decoy
 
 
+def _wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _req(url: str, method: str = "GET", body: object = None, ndjson: bytes | None = None):
     data = ndjson if ndjson is not None else (None if body is None else json.dumps(body).encode())
     ctype = "application/x-ndjson" if ndjson is not None else "application/json"
@@ -180,7 +189,7 @@ def test_identity_needs_main_class_tag_and_owner(sleeper, tmp_path):
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)",
                              f"org.elasticsearch.server/{main}", f"{procs.NODE_TAG}{node}"])
     try:
-        assert procs.wait_until(lambda: procs.NodeIdentity(main, node, os.geteuid()).matches(fake.pid), 10)
+        assert _wait_until(lambda: procs.NodeIdentity(main, node, os.geteuid()).matches(fake.pid), 10)
         assert not procs.NodeIdentity(main, node, os.geteuid()).matches(sleeper.pid)
         assert not procs.NodeIdentity(main, Path(f"{node}0"), os.geteuid()).matches(fake.pid)  # another node
         assert not procs.NodeIdentity(main, node, os.geteuid() + 1).matches(fake.pid)  # another user

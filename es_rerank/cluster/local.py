@@ -207,6 +207,8 @@ class LocalCluster:
                                f"got {str(self._home)!r}")
         if port is None:
             env_port = os.environ.get("ES_RERANK_CLUSTER_PORT")
+            if env_port and not env_port.strip().isdigit():
+                raise ClusterError(f"ES_RERANK_CLUSTER_PORT must be a port number, got {env_port!r}")
             port = int(env_port) if env_port else self._engine.default_port
         if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65435:
             raise ClusterError(f"port must be an integer from 1024 to 65435 (the transport port is port + 100), "
@@ -421,8 +423,10 @@ class LocalCluster:
                 raise ClusterError(f"{archive} should hold one top folder, found {[p.name for p in tops]}")
             for folder in [tops[0], *(p for p in tops[0].rglob("*") if p.is_dir() and not p.is_symlink())]:
                 os.chmod(folder, 0o755)
-            os.rename(tops[0], self.dist_dir)
+            # listed first: a crash in between leaves a listed name with nothing there (unpacked
+            # again next time), never an unlisted folder that would need deleting by hand
             safefs.record_created(self._home, self.dist_dir.name)
+            os.rename(tops[0], self.dist_dir)
         logger.info("unpacked %s %s into %s in %.1f s", self._engine.display, self._version, self.dist_dir,
                     time.monotonic() - started)
 
@@ -471,14 +475,11 @@ class LocalCluster:
         """(Re)write the node's config folder from the distribution's, plus its settings."""
         conf = self.node_dir / "config"
         group = None if user is None else user.gid
-        if safefs.lstat_or_none(conf) is None:
-            safefs.make_dir(conf, mode=0o750, gid=group)
-        safefs.check_dir(conf, uid=os.geteuid(), what="node config folder")
-        self._copy_config(self.dist_dir / "config", conf, group)
-        jvm = conf / "jvm.options"
+        safefs.sync_tree(self.dist_dir / "config", conf, dir_mode=0o750, file_mode=0o640, gid=group,
+                         skip=frozenset({self._engine.config_file, "jvm.options"}))
         text = (self.dist_dir / "config" / "jvm.options").read_text()
         text = self._engine.jvm_options(text, node_dir=self.node_dir, dist=self.dist_dir)
-        safefs.write_file(jvm, text.encode(), mode=0o640, gid=group)
+        safefs.write_file(conf / "jvm.options", text.encode(), mode=0o640, gid=group)
         settings: dict[str, object] = {
             "cluster.name": CLUSTER_NAME,
             "node.name": f"es-rerank-{self._engine.name}-{self._port}",
@@ -501,29 +502,18 @@ class LocalCluster:
             script = str(self.dist_dir / "bin" / self._engine.keystore_script)
             env = self._tool_env(java, **{self._engine.conf_var: str(conf)})
             self._run_tool([script, "create"], env, "creating the keystore")
-            fd = os.open(keystore, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(keystore, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 os.fchown(fd, -1, user.gid)
                 os.fchmod(fd, 0o640)
             finally:
                 os.close(fd)
 
-    def _copy_config(self, src: Path, dst: Path, group: int | None) -> None:
-        for entry in sorted(os.scandir(src), key=lambda e: e.name):
-            target = dst / entry.name
-            if entry.is_dir(follow_symlinks=False):
-                if safefs.lstat_or_none(target) is None:
-                    safefs.make_dir(target, mode=0o750, gid=group)
-                safefs.check_dir(target, uid=os.geteuid(), what="node config folder")
-                self._copy_config(Path(entry.path), target, group)
-            elif entry.is_file(follow_symlinks=False) and entry.name != self._engine.config_file:
-                safefs.write_file(target, Path(entry.path).read_bytes(), mode=0o640, gid=group)
-
     def _prepare_node_dir(self, user: ServiceUser | None) -> None:
         uid, gid = self._node_owner(user)
         if safefs.lstat_or_none(self.node_dir) is None:
-            safefs.make_dir(self.node_dir, mode=0o750, gid=None if user is None else user.gid)
             safefs.record_created(self._home, self.node_dir.name)
+            safefs.make_dir(self.node_dir, mode=0o750, gid=None if user is None else user.gid)
         for sub in ("data", "logs", "run"):
             path = self.node_dir / sub
             if safefs.lstat_or_none(path) is None:
@@ -572,7 +562,8 @@ class LocalCluster:
         """
         deadline = time.monotonic() + timeout
         if self._answering_ours():
-            logger.info("local %s already running at %s", self._engine.display, self.url)
+            logger.info("local %s already running at %s (settings apply at launch: stop it to change them)",
+                        self._engine.display, self.url)
             self._wait_healthy(deadline, launched=False)
             return self.url
         identity = self._identity()

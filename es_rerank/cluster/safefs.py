@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import shutil
 import stat
 from pathlib import Path
@@ -39,8 +40,6 @@ def lstat_or_none(path: Path) -> os.stat_result | None:
 
 def describe_owner(uid: int) -> str:
     """A user name for messages, or the number when it has no name."""
-    import pwd
-
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -167,19 +166,31 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def copy_tree(src: Path, dst: Path, *, dir_mode: int, file_mode: int, gid: int | None = None) -> None:
-    """Copy the regular files and folders of ``src`` (a folder we own) into a new ``dst``.
+def sync_tree(src: Path, dst: Path, *, dir_mode: int, file_mode: int, gid: int | None = None,
+              skip: frozenset[str] = frozenset()) -> None:
+    """Copy the regular files and folders of ``src`` over ``dst``, creating what is missing.
 
-    Symlinks and special files in ``src`` are skipped; modes are set exactly.
+    Existing folders in ``dst`` must be real folders of the current user; files are
+    replaced (never written through). Symlinks and special files in ``src`` are skipped.
+
+    Args:
+        src: A folder the current user owns (a distribution's ``config``).
+        dst: The folder to update; created when missing.
+        dir_mode: Mode of created folders.
+        file_mode: Mode of written files.
+        gid: Group of created folders and written files. Defaults to the creator's.
+        skip: File names (at any depth) not to copy.
     """
-    make_dir(dst, mode=dir_mode, gid=gid)
+    if lstat_or_none(dst) is None:
+        make_dir(dst, mode=dir_mode, gid=gid)
+    check_dir(dst, uid=os.geteuid(), what="folder")
     for entry in sorted(os.scandir(src), key=lambda e: e.name):
-        target = dst / entry.name
+        if entry.name in skip:
+            continue
         if entry.is_dir(follow_symlinks=False):
-            copy_tree(Path(entry.path), target, dir_mode=dir_mode, file_mode=file_mode, gid=gid)
+            sync_tree(Path(entry.path), dst / entry.name, dir_mode=dir_mode, file_mode=file_mode, gid=gid, skip=skip)
         elif entry.is_file(follow_symlinks=False):
-            text = Path(entry.path).read_bytes()
-            write_file(target, text, mode=file_mode, gid=gid)
+            write_file(dst / entry.name, Path(entry.path).read_bytes(), mode=file_mode, gid=gid)
 
 
 # -- the manifest of what es-rerank created ------------------------------------------
