@@ -44,7 +44,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..errors import ClusterError
-from . import procs, safefs
+from . import maven, procs, safefs
 from .engines import ENGINES, Engine
 
 logger = logging.getLogger(__name__)
@@ -418,7 +418,7 @@ class LocalCluster:
                     target = zf.extract(info, staging)
                     if mode and not info.is_dir():
                         os.chmod(target, mode & 0o755)
-            tops = [p for p in staging.iterdir()]
+            tops = list(staging.iterdir())
             if len(tops) != 1 or not tops[0].is_dir():
                 raise ClusterError(f"{archive} should hold one top folder, found {[p.name for p in tops]}")
             for folder in [tops[0], *(p for p in tops[0].rglob("*") if p.is_dir() and not p.is_symlink())]:
@@ -431,8 +431,6 @@ class LocalCluster:
                     time.monotonic() - started)
 
     def _fetch_archive(self, work: Path) -> Path:
-        from . import maven
-
         return maven.fetch(self._engine.coordinates(self._version), work)
 
     def _installed_plugin(self, name: str) -> dict[str, str] | None:
