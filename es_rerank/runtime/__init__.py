@@ -1,0 +1,1 @@
+"""Query-time model runtimes: ground-floor code that needs neither torch nor transformers."""
