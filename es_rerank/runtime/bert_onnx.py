@@ -356,25 +356,37 @@ def _read_bf16(path: Path, name: str) -> np.ndarray:
 # --- the graph -----------------------------------------------------------------------------------
 
 class _Graph:
-    """Nodes and initializers in the order they are added; each node named after its output."""
+    """A ModelProto filled in place: each node named after its output, weights written once.
+
+    ``onnx.helper.make_graph`` and ``make_model`` copy every initializer (twice): for 90 MB of
+    weights that is most of the build time, so the tensors go straight into the model.
+    """
 
     def __init__(self):
-        from onnx import numpy_helper
+        from onnx import ModelProto
 
-        self._from_array = numpy_helper.from_array
-        self.nodes: list = []
-        self.initializers: list = []
+        self.model = ModelProto()
         self.nbytes = 0
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(self._from_array(array, name))
+        from onnx import TensorProto
+
+        types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+        if array.dtype not in types:
+            raise TypeError(f"initializer {name!r}: dtype {array.dtype} is neither float32 nor int64")
+        tensor = self.model.graph.initializer.add()
+        tensor.name = name
+        tensor.data_type = types[array.dtype]
+        tensor.dims.extend(array.shape)
+        # raw_data is little-endian whatever the machine
+        tensor.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
         self.nbytes += array.nbytes
         return name
 
     def op(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
         from onnx import helper
 
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        self.model.graph.node.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
         return output
 
 
@@ -478,11 +490,13 @@ def _build(spec: BertSpec, weights: _Weights):
     if g.nbytes > _MAX_PROTO_BYTES:
         raise ConfigError(f"{spec.model_dir}: {g.nbytes / 2**30:.1f} GiB of weights is too large for an "
                           f"in-memory ONNX model (2 GiB at most); {OTHER_MODELS}")
-    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
-              for name in ("input_ids", "attention_mask", "token_type_ids")]
-    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)]
-    graph = helper.make_graph(g.nodes, f"bert-{spec.kind}", inputs, outputs, initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-                              producer_name="es-rerank.runtime.bert_onnx")
+    model = g.model
+    model.ir_version = IR_VERSION
+    model.producer_name = "es-rerank.runtime.bert_onnx"
+    model.opset_import.append(helper.make_opsetid("", OPSET))
+    model.graph.name = f"bert-{spec.kind}"
+    model.graph.input.extend(helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+                             for name in ("input_ids", "attention_mask", "token_type_ids"))
+    model.graph.output.append(helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape))
     helper.set_model_props(model, {"es_rerank.kind": spec.kind, "es_rerank.source": str(spec.model_dir)})
     return model
