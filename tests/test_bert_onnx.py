@@ -21,7 +21,7 @@ pytest.importorskip("onnx", reason="pip install 'es-rerank[onnx]'")
 ort = pytest.importorskip("onnxruntime", reason="pip install 'es-rerank[onnx]'")
 
 from es_rerank.errors import ConfigError  # noqa: E402
-from es_rerank.runtime.bert_onnx import build_bert_onnx, read_bert_spec  # noqa: E402
+from es_rerank.runtime.bert_onnx import build_bert_onnx, open_bert_session, read_bert_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CE = ROOT.parent / "shared" / "models" / "minilm-l6-scifact-ce"
@@ -171,6 +171,32 @@ def test_embedder_through_runtime_class_matches_sentence_transformer(embedding_m
     assert cosine.min() > 0.99999, cosine
 
 
+@pytest.mark.parametrize("kind", ["cross-encoder", "embedder"])
+def test_open_bert_session_equals_the_serialized_graph(shared_ce, embedding_model_path, kind):
+    """Weights handed over as arrays: the same outputs, also once the caller's references are gone.
+
+    (ONNX Runtime 1.32 happens to copy them; its documented contract says they must outlive the
+    session, so the session holds them.)
+    """
+    import gc
+
+    from transformers import AutoTokenizer
+
+    model_dir = shared_ce if kind == "cross-encoder" else embedding_model_path
+    feed = _feed(AutoTokenizer.from_pretrained(model_dir), [q for q, _ in PAIRS[:6]], [p for _, p in PAIRS[:6]],
+                 max_length=128)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = open_bert_session(model_dir, kind=kind, options=options)
+    gc.collect()
+    litter = [np.full(1_000_000, 7.0) for _ in range(40)]  # reuse any memory freed too early
+    got = session.run(None, feed)[0]
+    del litter
+    want = _session(build_bert_onnx(model_dir, kind=kind)).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert [o.name for o in session.get_outputs()] == ["output"]
+
+
 def test_module_builds_and_runs_with_torch_blocked(shared_ce):
     """Import, build and score in a process where importing torch (or transformers) fails."""
     from transformers import AutoModelForSequenceClassification
@@ -182,10 +208,11 @@ sys.modules["transformers"] = None
 sys.modules["sentence_transformers"] = None
 import numpy as np, onnxruntime as ort
 from tokenizers import Tokenizer
-from es_rerank.runtime.bert_onnx import build_bert_onnx
+from es_rerank.runtime.bert_onnx import build_bert_onnx, open_bert_session
 model = {shared_ce!r}
 session = ort.InferenceSession(build_bert_onnx(model, kind="cross-encoder").SerializeToString(),
                                providers=["CPUExecutionProvider"])
+in_memory = open_bert_session(model, kind="cross-encoder")
 tok = Tokenizer.from_file(model + "/tokenizer.json")
 tok.enable_padding()
 tok.enable_truncation(192)
@@ -194,6 +221,7 @@ feed = {{"input_ids": np.array([e.ids for e in enc], np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
         "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}}
 print(json.dumps({{"logits": session.run(None, feed)[0][:, 0].tolist(), "torch": sys.modules["torch"] is None,
+                  "in_memory": in_memory.run(None, feed)[0][:, 0].tolist(),
                   "feed": {{k: v.tolist() for k, v in feed.items()}}}}))
 """
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -205,6 +233,7 @@ print(json.dumps({{"logits": session.run(None, feed)[0][:, 0].tolist(), "torch":
     feed = {k: np.array(v, np.int64) for k, v in result["feed"].items()}
     want = _torch_out(AutoModelForSequenceClassification.from_pretrained(shared_ce).eval(), feed)[:, 0]
     np.testing.assert_allclose(result["logits"], want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(result["in_memory"], want, atol=1e-4, rtol=0)
 
 
 # --- weight layouts ------------------------------------------------------------------------------
