@@ -60,7 +60,7 @@ def _torch_out(model, feed):
 
 def _onnx_folder(model_dir: str | Path, proto, dest: Path) -> Path:
     """A folder the existing runtime classes open: the built model.onnx beside the tokenizer files."""
-    from es_rerank.onnx_backend import TOKENIZER_FILES
+    from es_rerank.export.onnx import TOKENIZER_FILES
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
@@ -109,16 +109,20 @@ def test_cross_encoder_through_runtime_class_matches_cross_encoder_predict(ce_di
     import torch
     from sentence_transformers import CrossEncoder
 
-    from es_rerank.onnx_backend import OnnxCrossEncoder
+    from es_rerank.runtime import load_cross_encoder
 
+    # the default backend on the plain folder (graph built in memory), and on the graph saved as a file
     folder = _onnx_folder(ce_dir, build_bert_onnx(ce_dir, kind="cross-encoder"), tmp_path / "onnx")
-    onnx_model = OnnxCrossEncoder(folder, batch_size=4, threads=2)
+    models = [load_cross_encoder(str(ce_dir), backend="onnx", batch_size=4),
+              load_cross_encoder(str(folder), backend="onnx", batch_size=4)]
+    assert [m.description for m in models] == ["onnx:model.safetensors", "onnx:model.onnx"]
     torch_model = CrossEncoder(ce_dir, device="cpu", activation_fn=torch.nn.Identity())
     # short queries: the runtime truncates the passage only, CrossEncoder the longest; both cut the passage
     for query in QUERIES[:3]:
-        got = onnx_model.score(query, PASSAGES)
         want = torch_model.predict([(query, p) for p in PASSAGES], show_progress_bar=False)
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+        for onnx_model in models:
+            got = onnx_model.score_pairs([(query, p) for p in PASSAGES])
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     assert len(set(np.round(got, 4))) == len(PASSAGES)  # distinct scores: the head is not constant
 
 
@@ -160,12 +164,10 @@ def test_embedder_hidden_states_match_transformers(embedding_model_path):
 def test_embedder_through_runtime_class_matches_sentence_transformer(embedding_model_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from es_rerank.onnx_backend import OnnxEmbedder
+    from es_rerank.runtime import load_embedder
 
-    folder = _onnx_folder(embedding_model_path, build_bert_onnx(embedding_model_path, kind="embedder"),
-                          tmp_path / "onnx")
     texts = QUERIES + PASSAGES  # LONG exceeds max_seq_length 256: both truncate
-    got = OnnxEmbedder(folder, batch_size=3, threads=2).embed_documents(texts)
+    got = load_embedder(embedding_model_path, backend="onnx", batch_size=3).embed(texts)
     want = SentenceTransformer(embedding_model_path, device="cpu").encode(texts, convert_to_numpy=True)
     cosine = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cosine.min() > 0.99999, cosine

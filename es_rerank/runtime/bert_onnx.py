@@ -5,9 +5,8 @@ Offline model folders hold Hugging Face weights, not ONNX files, and ``torch.onn
 embedders, is short enough to write out directly: this module reads the config and the weights
 with ``safetensors`` and ``numpy`` and emits an opset-17 graph with ``onnx.helper``.
 
-The graph has the interface of :func:`es_rerank.onnx_backend.export_onnx`, so
-:class:`~es_rerank.onnx_backend.OnnxCrossEncoder` and :class:`~es_rerank.onnx_backend.OnnxEmbedder`
-run it unchanged: int64 inputs ``input_ids``, ``attention_mask`` and ``token_type_ids`` of shape
+The graph has the interface of the files :func:`es_rerank.export.export_onnx` writes, so the
+runtime's heads (:mod:`es_rerank.runtime.heads`) run it unchanged: int64 inputs ``input_ids``, ``attention_mask`` and ``token_type_ids`` of shape
 ``[batch, sequence]`` (both axes dynamic) and one float output, ``output``: the logits
 ``[batch, num_labels]`` of a cross-encoder (``BertForSequenceClassification``), or an embedder's
 last hidden state ``[batch, sequence, hidden]`` (pooling and normalisation happen outside).
@@ -203,7 +202,7 @@ def build_bert_onnx(model_dir: str | Path, *, kind: str):
     try:
         import onnx  # noqa: F401  (imported here so that read_bert_spec works without it)
     except ImportError as e:
-        raise ConfigError("building an ONNX graph needs the onnx package: pip install 'es-rerank[onnx]'") from e
+        raise ConfigError("building an ONNX graph needs the onnx package: pip install onnx onnxruntime (both are es-rerank dependencies)") from e
     started = time.perf_counter()
     with _Weights(spec.weight_files) as weights:
         proto = _build(spec, weights).model
@@ -244,7 +243,7 @@ def open_bert_session(model_dir: str | Path, *, kind: str, options=None, provide
         import onnx  # noqa: F401
         import onnxruntime as ort
     except ImportError as e:
-        raise ConfigError("running a BERT model needs onnx and onnxruntime: pip install 'es-rerank[onnx]'") from e
+        raise ConfigError("running a BERT model needs onnx and onnxruntime: pip install onnx onnxruntime (both are es-rerank dependencies)") from e
     started = time.perf_counter()
     with _Weights(spec.weight_files) as weights:
         graph = _build(spec, weights, external=True)
