@@ -119,7 +119,7 @@ def test_nothing_from_data_is_left_unescaped(report):
     Collect().feed(html)
     assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "table", "thead",
                     "tbody", "tr", "th", "td", "figure", "img", "figcaption", "div", "button", "ol", "li",
-                    "header", "span", "dl", "dt", "dd", "script"}, tags
+                    "header", "span", "dl", "dt", "dd", "script", "section"}, tags
     assert not [a for a in attributes if a.startswith("on")]
 
 
