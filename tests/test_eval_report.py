@@ -19,7 +19,6 @@ from es_rerank.evaluate.report import (
     eval_table,
     sweep_figure,
     sweep_html,
-    sweep_markdown,
     sweep_series,
     sweep_table,
     tune_html,

@@ -174,7 +174,8 @@ class OwnDocumentRule:
         if self.automatic:
             return (f"{n} of {m} query ids are also corpus ids, too few to read the queries as documents; "
                     "their own documents were kept in the rankings (--exclude-self drops them).")
-        return f"Each query's own document was kept in its ranking (--keep-self), though {n} of {m} query ids are corpus ids."
+        return (f"Each query's own document was kept in its ranking (--keep-self), though {n} of {m} query ids "
+                "are corpus ids.")
 
     def to_dict(self, found: int | None = None) -> dict[str, Any]:
         return {"exclude": self.exclude, "automatic": self.automatic, "queries_in_corpus": self.queries_in_corpus,

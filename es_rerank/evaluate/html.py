@@ -372,11 +372,12 @@ def render_report(
     return "\n".join(parts)
 
 
-def plot_tune(result: Any) -> bytes:
+def plot_tune(result: Any, models: Mapping[str, str] | None = None) -> bytes:
     """PNG of a :class:`~es_rerank.evaluate.tune.TuneResult`: mean metric against depth per blend.
 
-    One panel per reranker; a line per blend (``none``, ``rrf``, and ``linear`` at its best
-    alpha per depth); the hybrid baseline as a dashed line.
+    One panel per reranker (titled with its model when ``models`` names it); a line per
+    blend (``none``, ``rrf``, and ``linear`` at its best alpha per depth); the hybrid
+    baseline as a dashed line. The metric axis spans 0 to 1.
     """
     import matplotlib
 
@@ -399,7 +400,9 @@ def plot_tune(result: Any) -> bytes:
         ax.set_xlabel("depth (candidates reranked)")
         ax.set_ylabel(result.metric)
         ax.set_xticks(depths)
-        ax.set_title(name)
+        ax.set_ylim(0.0, 1.05)
+        model = (models or {}).get(name)
+        ax.set_title(name if not model else f"{name} ({model})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     buf = io.BytesIO()

@@ -288,7 +288,8 @@ def sweep_figure(report: SweepReport):
         ax.plot(depths, s[f"{key}_hybrid"], "s--", label=f"{label} hybrid (no rerank)")
         ax.plot(depths, s[f"{key}_reranked"], "o-", label=f"{label} {reranked}")
         # the whole scale, so that a difference of a few queries looks as small as it is
-        ax.set_ylim(0.0, 1.05)
+        # (the headroom above 1 keeps the written differences inside the panel)
+        ax.set_ylim(0.0, 1.12)
         ax.set_ylabel(label)
         ax.set_title(f"{label} against depth, before and after reranking")
         for d, before, after in zip(depths, s[f"{key}_hybrid"], s[f"{key}_reranked"]):
@@ -440,7 +441,8 @@ def tune_folds_table(report: TuneReport, *, markdown: bool = False) -> str:
     k = report.kfold
     if k is None:
         return ""
-    header = ["Fold", "Queries", "Chosen on the other folds", "Mean there", "Held-out", "Hybrid held-out"]
+    header = ["Fold", "Queries", "Chosen on the other folds", "Its mean on them", "Its mean held out",
+              "Hybrid held out"]
     rows = [[str(f.index + 1), str(len(f.held_out)), f.chosen.label(), f"{f.train_mean:.4f}",
              f"{f.held_out_mean:.4f}", f"{f.baseline_held_out_mean:.4f}"] for f in k.folds]
     return _table(header, rows, markdown=markdown)
@@ -504,11 +506,17 @@ def tune_html(report: TuneReport) -> str:
     env = "; ".join(tune_env_lines(report))
     return render_report(
         title=f"Tuning: {Path(report.data).name} ({report.split} split)", metric=report.metric, rows=rows,
-        plots=[Plot(f"Mean {report.metric} against depth per blend and reranker; hybrid dashed", plot_tune(report.result))],
+        plots=[Plot(f"Mean {report.metric} against depth per blend and reranker; hybrid dashed",
+                    plot_tune(report.result, _tune_models(report)))],
         summary=[tune_header(report), f"Advice: {report.recommendation.sentence}.", tune_comparison(report),
                  tune_latency(report), f"Settings: {env}", tune_cost(report),
                  *([report.own_document["note"]] if report.own_document.get("note") else [])],
         environment=report.environment, sections=sections)
+
+
+def _tune_models(report: TuneReport) -> dict[str, str]:
+    models = report.environment.get("reranker_models") or {}
+    return {name: _model_label(str(m)) for name, m in dict(models).items() if m}
 
 
 def write_tune(report: TuneReport, out: Path) -> list[Path]:

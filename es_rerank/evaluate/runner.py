@@ -28,7 +28,7 @@ from ..errors import RerankerError, ValidationError
 from ..ranking import DEFAULT_ALPHA, collapse
 from ..rerankers import Reranker
 from ..types import Hit, Usage
-from .data import BeirData, OwnDocumentRule, drop_own_document, own_document_rule
+from .data import BeirData, drop_own_document, own_document_rule
 from .metrics import doc_scores, evaluate_run, metric_names, per_query, percentiles
 from .stats import DEFAULT_SEED, PairedComparison, paired_comparison
 from .tune import (
@@ -383,10 +383,14 @@ def verdict(c: PairedComparison) -> str:
     return "better" if c.better else "worse" if c.excludes_zero else "within noise"
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def paired_phrase(c: PairedComparison) -> str:
     """``+0.012, 95% CI -0.004 to +0.029; 41 wins, 230 ties, 29 losses: within noise``."""
-    return (f"{c.mean_delta:+.3f}, {_interval(c)}; {c.wins} wins, {c.ties} ties, {c.losses} losses: "
-            f"{verdict(c)}")
+    return (f"{c.mean_delta:+.3f}, {_interval(c)}; {_count(c.wins, 'win', 'wins')}, {_count(c.ties, 'tie', 'ties')}, "
+            f"{_count(c.losses, 'loss', 'losses')}: {verdict(c)}")
 
 
 def gap_analysis(report: EvalReport) -> dict[str, Any]:
@@ -403,7 +407,9 @@ def gap_analysis(report: EvalReport) -> dict[str, Any]:
     }
     sentences = [
         f"Without reranking, a relevant document is in the hybrid top {d} for {h_d:.0%} of queries "
-        f"but ranked into the top {k} for only {h_k:.0%} (recall@{d} {r_d:.3f} vs recall@{k} {r_k:.3f}); "
+        + (f"but ranked into the top {k} for only {h_k:.0%}" if h_k < h_d
+           else f"and ranked into the top {k} for {h_k:.0%}")
+        + f" (recall@{d} {r_d:.3f} vs recall@{k} {r_k:.3f}); "
         f"a perfect reranker could lift recall@{k} by at most {r_d - r_k:+.3f}."
     ]
     for row in report.rows:
