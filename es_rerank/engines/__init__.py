@@ -44,14 +44,19 @@ def detect_engine(settings: Any) -> str:
         ClusterError: The cluster cannot be reached.
     """
     probe = OpenSearchEngine(settings)
+    transport_log = logging.getLogger("opensearch")
+    level = transport_log.level
+    transport_log.setLevel(logging.CRITICAL)  # a 405 from Elasticsearch's test build is an answer, not a warning
     try:
         root = probe.request("GET", "/")
         distribution = (root.get("version") or {}).get("distribution") if isinstance(root, dict) else None
     except ClusterError as e:
-        if e.status is None:
-            raise
+        if e.status is None:  # unreachable or too slow: say so without guessing the engine
+            raise ClusterError(str(e).replace("OpenSearch at", "Elasticsearch/OpenSearch at", 1),
+                               url=settings.safe_url) from None
         distribution = None
     finally:
+        transport_log.setLevel(level)
         probe.close()
     name = "opensearch" if distribution == "opensearch" else "elasticsearch"
     logger.info("detected %s at %s", name, settings.safe_url)
