@@ -483,7 +483,7 @@ def _print_result(result, *, explain: bool, load_s: float) -> None:
             rs = f"{h.rerank_score:.4f}" if h.rerank_score is not None else "-"
             _echo(f"   retrieval rank {h.retrieval_rank} -> rerank rank {rr}; "
                   f"retrieval score {h.retrieval_score:.4f}, rerank score {rs}"
-                  + (f", final score {h.final_score:.4f}" if h.final_score is not None else ""))
+                  + (f", final score {h.final_score:.4f}" if h.final_score not in (None, h.rerank_score) else ""))
 
 
 # -- inspect and delete ------------------------------------------------------------------------
