@@ -141,11 +141,22 @@ def _fail_cleanly(fn):
             raise click.ClickException(_clean(str(e))) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
+        except ModuleNotFoundError as e:
+            extra = _EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise click.ClickException(_clean(f"unexpected error: {e}")) from None
+            raise click.ClickException(f"this command needs the {extra} extra, which is not installed: "
+                                       f"pip install -e '.[{extra}]' (missing module {e.name})") from None
         except Exception as e:  # noqa: BLE001 - an unexpected failure: say what, never leak a secret
             logger.debug("unexpected error", exc_info=True)
             raise click.ClickException(_clean(f"unexpected error: {type(e).__name__}: {e}")) from None
 
     return wrapper
+
+
+# optional modules -> the pyproject extra that installs them
+_EXTRAS = {"ranx": "eval", "matplotlib": "eval", "numba": "eval", "sentence_transformers": "torch", "torch": "torch",
+           "transformers": "torch", "openvino": "openvino", "nncf": "openvino"}
 
 
 def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -194,6 +205,10 @@ def cli(ctx: click.Context):
 
 
 def main() -> None:
+    import signal
+
+    # a SIGTERM unwinds like Ctrl-C: an unfinished index build is deleted on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     cli(prog_name="es-rerank")
 
 
@@ -587,6 +602,9 @@ def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):
     from .engines import open_engine
     from .evaluate.data import load_beir
     from .evaluate.prepare import prepare_index
+
+    import matplotlib  # noqa: F401 - the eval extra: fail now, not after indexing the corpus
+    import ranx  # noqa: F401
 
     s = _settings(ctx)
     data = load_beir(data_dir, split)
