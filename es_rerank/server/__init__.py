@@ -15,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
+import time
 from typing import Any
 
 from ..config import Settings
@@ -68,4 +70,56 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, timeout_keep_alive=30)
 
 
-__all__ = ["create_app", "serve", "is_loopback", "Server", "ApiError"]
+class ServerThread:
+    """Runs an app with uvicorn in a background thread (tests, benchmarks, notebooks).
+
+    Args:
+        app: The ASGI app (:func:`create_app`).
+        host: Address. Defaults to ``127.0.0.1``.
+        port: Port; 0 picks a free one. Defaults to 0.
+
+    Example:
+        >>> with ServerThread(create_app(settings)) as running:             # doctest: +SKIP
+        ...     httpx.get(running.url + "/_es_rerank/health").json()["status"]
+        'ok'
+    """
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    lifespan="on", server_header=False))
+        self.thread = threading.Thread(target=self.server.run, name="es-rerank-serve", daemon=True)
+
+    def start(self, *, timeout: float = 30.0) -> "ServerThread":
+        """Start serving; returns once the socket listens.
+
+        Raises:
+            RuntimeError: uvicorn did not start within ``timeout`` seconds.
+        """
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server at {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, *, timeout: float = 30.0) -> None:
+        """Stop serving and wait for the thread (and the app's shutdown) to end."""
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+__all__ = ["create_app", "serve", "is_loopback", "Server", "ServerThread", "ApiError"]
