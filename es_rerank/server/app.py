@@ -173,18 +173,24 @@ class Server:
         name = engine.name if engine is not None else self.settings.engine
         return {} if name == "opensearch" else {"X-Elastic-Product": "Elasticsearch"}
 
-    def json_response(self, payload: Any, status: int = 200, *, headers: Mapping[str, str] | None = None,
-                      pretty: bool = False) -> Response:
+    def json_response(self, payload: Any, status: int = 200, *, headers: Mapping[str, str | list[str]] | None = None,
+                      pretty: bool = False, product: bool = True) -> Response:
+        """A JSON answer; ``product=False`` leaves out ``X-Elastic-Product`` (a relayed refusal has none)."""
         content = json.dumps(payload, ensure_ascii=False, allow_nan=False, indent=2 if pretty else None)
-        return Response(content.encode("utf-8"), status_code=status, media_type="application/json",
-                        headers={**self.product_headers(), **(headers or {})})
+        response = Response(content.encode("utf-8"), status_code=status, media_type="application/json",
+                            headers=self.product_headers() if product else None)
+        for name, value in (headers or {}).items():  # a list repeats the header (WWW-Authenticate)
+            for item in value if isinstance(value, list) else [value]:
+                response.raw_headers.append((name.lower().encode("latin-1"), item.encode("latin-1")))
+        return response
 
     def error_response(self, error: ApiError, endpoint: str, started: float, *, pretty: bool = False) -> Response:
         outcome = "cluster_error" if error.relayed else outcome_of(error.status, error.type)
         self.metrics.outcome(endpoint, outcome, time.perf_counter() - started)
         if error.status >= 500:
             logger.warning("%s answered %d: %s", endpoint, error.status, error.reason)
-        return self.json_response(error.body(), error.status, headers=error.headers, pretty=pretty)
+        return self.json_response(error.body(), error.status, headers=error.headers, pretty=pretty,
+                                  product=not error.relayed)
 
     async def admitted(self, endpoint: str, started: float, work: Callable[[float], Any], *,
                        pretty: bool = False) -> Response:
@@ -262,9 +268,11 @@ class Server:
             return None
         content = await upstream.aread()
         await upstream.aclose()
-        kept = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "www-authenticate",
-                                                                           "x-elastic-product")}
-        return Response(content, status_code=upstream.status_code, headers=kept)
+        response = Response(content, status_code=upstream.status_code)
+        kept = [(k, v) for k, v in upstream.headers.raw
+                if k.lower() in (b"content-type", b"www-authenticate", b"x-elastic-product")]
+        response.raw_headers = [h for h in response.raw_headers if h[0] == b"content-length"] + kept
+        return response
 
     async def inference(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -28,13 +28,14 @@ class ApiError(Exception):
         status: HTTP status.
         type: Elasticsearch's error type (``illegal_argument_exception`` ...).
         reason: What is wrong, naming the field or value at fault.
-        headers: Extra response headers (``Retry-After`` ...). Defaults to none.
+        headers: Extra response headers (``Retry-After`` ...); a list value repeats the header.
+            Defaults to none.
         body: A complete error body to answer instead of one built from type and reason
             (the cluster's own answer, relayed: ``relayed`` is then True). Defaults to None.
         extra: Additional keys of the ``error`` object (``index`` ...).
     """
 
-    def __init__(self, status: int, type: str, reason: str, *, headers: Mapping[str, str] | None = None,
+    def __init__(self, status: int, type: str, reason: str, *, headers: Mapping[str, str | list[str]] | None = None,
                  body: Mapping[str, Any] | None = None, **extra: Any):
         super().__init__(reason)
         self.status = status
@@ -64,6 +65,23 @@ def index_not_found(index: str) -> ApiError:
                     **{"resource.type": "index_or_alias", "resource.id": index, "index_uuid": "_na_"})
 
 
+def relayed_headers(body: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The headers an Elasticsearch error names in its body (``error.header``: ``WWW-Authenticate`` ...).
+
+    The cluster sends them as response headers too; relaying them keeps a refusal whole.
+    """
+    error = body.get("error")
+    named = error.get("header") if isinstance(error, Mapping) else None
+    if not isinstance(named, Mapping):
+        return {}
+    out = {}
+    for name, values in named.items():
+        items = values if isinstance(values, list) else [values]
+        if isinstance(name, str) and all(isinstance(v, str) for v in items):
+            out[name] = list(items)
+    return out
+
+
 def _is_timeout(error: BaseException) -> bool:
     cause = error.__cause__
     return cause is not None and "Timeout" in type(cause).__name__
@@ -84,7 +102,8 @@ def from_exception(error: BaseException, *, secrets: tuple[str, ...] = ()) -> Ap
         return error
     if isinstance(error, ClusterError):
         if error.status is not None and isinstance(error.body, Mapping):
-            return ApiError(error.status, error.error_type or "status_exception", str(error), body=error.body)
+            return ApiError(error.status, error.error_type or "status_exception", str(error), body=error.body,
+                            headers=relayed_headers(error.body))
         if error.status is not None:
             return ApiError(error.status, error.error_type or "status_exception", redact(str(error), secrets))
         if _is_timeout(error):
