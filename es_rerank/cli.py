@@ -204,14 +204,21 @@ def cluster():
 def _local_cluster(engine: str | None, port: int | None):
     from .cluster import LocalCluster
 
-    return LocalCluster(engine=engine or "elasticsearch", port=port)
+    return LocalCluster(engine=engine, port=port)
+
+
+def _display(engine: str) -> str:
+    from .cluster import ENGINES
+
+    return ENGINES[engine].display if engine in ENGINES else engine
 
 
 _cluster_options = [
-    click.option("--port", type=int, default=None,
-                 help="HTTP port [env ES_RERANK_CLUSTER_PORT; default 9200]."),
+    click.option("--port", type=int, default=None, envvar="ES_RERANK_CLUSTER_PORT",
+                 help="HTTP port [env ES_RERANK_CLUSTER_PORT; default 9200, OpenSearch 9202]."),
     click.option("--engine", "cluster_engine", type=click.Choice(["elasticsearch", "opensearch"]), default=None,
-                 help="Which engine to run [default elasticsearch]."),
+                 envvar="ES_RERANK_CLUSTER_ENGINE",
+                 help="Which engine to run [env ES_RERANK_CLUSTER_ENGINE; default elasticsearch]."),
 ]
 
 
@@ -230,8 +237,8 @@ def cluster_start(port, cluster_engine, timeout):
     c = _local_cluster(cluster_engine, port)
     url = c.start(timeout=timeout)
     status = c.status()
-    name = "OpenSearch" if status.get("engine") == "opensearch" else "Elasticsearch"
-    _echo(f"{name} {status['version']} is up at {url} (health {status['health']}); export ES_URL={url}")
+    _echo(f"{_display(status['engine'])} {status['version']} is up at {url} (health {status['health']}); "
+          f"export ES_URL={url}")
 
 
 @cluster.command("stop")
@@ -253,8 +260,9 @@ def cluster_status(port, cluster_engine, as_json):
     if as_json:
         _echo(json.dumps(status, indent=2, default=str))
     elif status["running"]:
-        _echo(f"running: {status.get('engine', 'elasticsearch')} {status['version']} at {status['url']} "
-              f"(health {status['health']})")
+        plugins = f"; plugins: {', '.join(status['plugins'])}" if status.get("plugins") else ""
+        _echo(f"running: {_display(status['engine'])} {status['version']} at {status['url']} "
+              f"(health {status['health']}){plugins}")
     else:
         _echo(f"not running at {status['url']}")
     sys.exit(0 if status["running"] else 1)

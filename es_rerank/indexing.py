@@ -91,7 +91,7 @@ class IndexReport:
         }
 
 
-@dataclass
+@dataclass(eq=False)  # identity: one per document in flight
 class _Pending:
     doc: Document
     total: int

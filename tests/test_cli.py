@@ -45,7 +45,8 @@ def test_index_then_query(run, es, cli_env):
     data = json.loads(r.stdout)
     assert len(data["hits"]) == 2 and data["reranked"] is True
     assert {"retrieval_score", "retrieval_rank", "rerank_score", "rerank_rank"} <= set(data["hits"][0])
-    assert set(data["timings"]) == {"embed_ms", "retrieval_ms", "es_took_ms", "rerank_ms", "total_ms"}
+    assert set(data["timings"]) == {"embed_ms", "retrieval_ms", "es_took_ms", "rerank_ms", "total_ms", "model_load_ms",
+                                    "command_ms"}
 
     r = run("query", "close my account", "--depth", "10", "--final-k", "2", "--explain")
     assert "retrieval rank" in r.output and "-> rerank rank 1" in r.output

@@ -1,10 +1,10 @@
-"""The server version, the client pin and the compose image move together."""
+"""The server versions, the client pin and the compose images move together."""
 
 import re
 from importlib.metadata import version
 from pathlib import Path
 
-from es_rerank._versions import ES_VERSION
+from es_rerank._versions import ES_VERSION, OPENSEARCH_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,3 +26,18 @@ def test_pyproject_pin_matches_server():
 def test_compose_image_matches_server():
     compose = (ROOT / "docker-compose.yml").read_text()
     assert re.search(rf"elasticsearch/elasticsearch:{re.escape(ES_VERSION)}\b", compose)
+
+
+def test_compose_opensearch_image_matches_server():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert re.search(rf"opensearchproject/opensearch:{re.escape(OPENSEARCH_VERSION)}\b", compose)
+
+
+def test_local_cluster_defaults_follow_versions():
+    from es_rerank.cluster import ENGINES
+
+    assert ENGINES["elasticsearch"].default_version == ES_VERSION
+    assert ENGINES["opensearch"].default_version == OPENSEARCH_VERSION
+    # the k-NN plugin must match its server exactly
+    (knn,) = ENGINES["opensearch"].plugins(OPENSEARCH_VERSION)
+    assert knn.version == f"{OPENSEARCH_VERSION}.0"

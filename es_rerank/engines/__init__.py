@@ -44,6 +44,9 @@ def detect_engine(settings: Any) -> str:
         ClusterError: The cluster cannot be reached.
     """
     probe = OpenSearchEngine(settings)
+    transport_log = logging.getLogger("opensearch")
+    level = transport_log.level
+    transport_log.setLevel(logging.CRITICAL)  # a 405 from Elasticsearch's test build is an answer, not a warning
     try:
         root = probe.request("GET", "/")
         distribution = (root.get("version") or {}).get("distribution") if isinstance(root, dict) else None
@@ -52,6 +55,7 @@ def detect_engine(settings: Any) -> str:
             raise
         distribution = None
     finally:
+        transport_log.setLevel(level)
         probe.close()
     name = "opensearch" if distribution == "opensearch" else "elasticsearch"
     logger.info("detected %s at %s", name, settings.safe_url)

@@ -139,7 +139,7 @@ class Engine(ABC):
         self.settings = settings
         self._client = client
         self._own_client = client is None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # detecting a capability creates the client under the same lock
         self._server_fusion: bool | None = None
         self._analyzers: dict[str, bool] = {}
 

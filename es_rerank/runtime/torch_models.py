@@ -40,7 +40,7 @@ class TorchCrossEncoder:
         if bf16:
             self._model.model.to(torch.bfloat16)
         self.batch_size = batch_size
-        self.max_length = self._model.max_length
+        self.max_length = getattr(self._model, "max_seq_length", None) or self._model.max_length
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         if not pairs:
