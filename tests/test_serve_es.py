@@ -207,6 +207,23 @@ def test_passthrough_apis(es_via, served_index, es):
     assert info.value.meta.status == 404
 
 
+def test_es_rerank_index_command_works_through_the_passthrough(server, engine, embedder, es):
+    """es-rerank's own indexer (create, bulk, settings, refresh, forcemerge, alias swap) through the server."""
+    from es_rerank.engines import ElasticsearchEngine
+    from es_rerank.indexing import index_paths
+
+    name = f"test-serve-ix-{uuid.uuid4().hex[:8]}"
+    via = ElasticsearchEngine(Settings(url=server.url, request_timeout=60))
+    try:
+        report = index_paths(via, [str(SAMPLE)], settings=Settings(index=name), embedder=embedder)
+        assert report.documents_indexed == 32 and not report.rejected
+        assert list(es.indices.get_alias(name=name)) == [report.concrete]
+        assert es.count(index=name)["count"] == report.chunks_indexed
+    finally:
+        via.close()
+        drop(engine, name)
+
+
 def test_passthrough_keeps_status_headers_and_streams_past_the_body_limit(server, es_url, engine):
     direct = httpx.get(f"{es_url}/_cluster/health")
     proxied = httpx.get(f"{server.url}/_cluster/health")

@@ -17,14 +17,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from elasticsearch import AuthenticationException, AuthorizationException, Elasticsearch
 
-from es_rerank.cluster import LocalCluster, find_java
+from es_rerank.cluster import LocalCluster
+from es_rerank.cluster import safefs
 from es_rerank.config import Settings
 from es_rerank.errors import ClusterError
 from es_rerank.server import ServerThread, create_app
@@ -37,52 +37,82 @@ PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 READER_PASSWORD = f"reader-{uuid.uuid4().hex[:12]}"
 
 
-@dataclass
 class SecuredCluster(LocalCluster):
-    """The project's local node with security on and a bootstrap password for ``elastic``."""
+    """The project's local Elasticsearch node with security on.
 
-    password: str = PASSWORD
+    ``LocalCluster`` keeps security settings to itself (an unsecured node must never be
+    exposed by an override), so this test subclass turns security on in the config it
+    writes: HTTP without TLS on loopback, ``elastic``'s password through the keystore's
+    ``bootstrap.password``, and a read-only user and role in the file realm (the native
+    realm's ``.security`` index needs analysis-common, which the Maven distribution lacks).
+    """
 
-    def _write_config(self, dist: Path) -> Path:
-        conf = super()._write_config(dist)
-        yml = conf / "elasticsearch.yml"
-        text = yml.read_text().replace("xpack.security.enabled: false", "xpack.security.enabled: true")
-        yml.write_text(text + "xpack.security.http.ssl.enabled: false\nxpack.security.transport.ssl.enabled: false\n")
-        env = {**os.environ, "ES_JAVA_HOME": str(find_java()), "ES_PATH_CONF": str(conf)}
-        env.pop("JAVA_HOME", None)
-        keystore, users = str(dist / "bin" / "elasticsearch-keystore"), str(dist / "bin" / "elasticsearch-users")
-        for args, stdin in (([keystore, "create"], None),
-                            ([keystore, "add", "-x", "-f", "bootstrap.password"], self.password),
-                            ([users, "useradd", "serve-reader", "-p", READER_PASSWORD, "-r", "serve-reader"], None)):
-            proc = subprocess.run(args, input=stdin, text=True, env=env, capture_output=True)
+    def __init__(self, *, password: str, **kwargs):
+        super().__init__(engine="elasticsearch", **kwargs)
+        self.password = password
+
+    def _sync_config(self, java, user):
+        super()._sync_config(java, user)
+        conf = self.node_dir / "config"
+        gid = None if user is None else user.gid
+        yml = (conf / "elasticsearch.yml").read_text()
+        if "xpack.security.enabled: false" not in yml:
+            raise ClusterError(f"unexpected node config, cannot turn security on:\n{yml}")
+        yml = yml.replace("xpack.security.enabled: false", "xpack.security.enabled: true")
+        yml += "xpack.security.http.ssl.enabled: false\nxpack.security.transport.ssl.enabled: false\n"
+        safefs.write_file(conf / "elasticsearch.yml", yml.encode(), mode=0o640, gid=gid)
+        roles = (conf / "roles.yml").read_text() + \
+            "\nserve-reader:\n  indices:\n    - names: ['sec-a-*']\n      privileges: ['read']\n"
+        safefs.write_file(conf / "roles.yml", roles.encode(), mode=0o640, gid=gid)
+        env = self._tool_env(java, ES_PATH_CONF=str(conf))
+        keystore, users = str(self.dist_dir / "bin" / "elasticsearch-keystore"), \
+            str(self.dist_dir / "bin" / "elasticsearch-users")
+        steps = [([users, "useradd", "serve-reader", "-p", READER_PASSWORD, "-r", "serve-reader"], None),
+                 ([keystore, "add", "-x", "-f", "bootstrap.password"], self.password)]
+        if not (conf / "elasticsearch.keystore").exists():
+            steps.insert(0, ([keystore, "create"], None))
+        for args, stdin in steps:
+            proc = subprocess.run(args, input=stdin, text=True, env=env, capture_output=True, cwd=self.dist_dir)
             if proc.returncode != 0:
                 raise ClusterError(f"{' '.join(args[1:3])} failed: {proc.stdout[-500:]} {proc.stderr[-1500:]}")
-        # file-realm role: the distribution lacks analysis-common, which the native realm's .security index needs
-        with open(conf / "roles.yml", "a") as fh:
-            fh.write("\nserve-reader:\n  indices:\n    - names: ['sec-a-*']\n      privileges: ['read']\n")
-        return conf
-
-    def _wait_healthy(self, timeout: float) -> None:
-        auth = base64.b64encode(f"elastic:{self.password}".encode()).decode()
-        deadline, last = time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
-            req = urllib.request.Request(f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=5s",
-                                         headers={"Authorization": f"Basic {auth}"})
+        for name in ("elasticsearch.keystore", "users", "users_roles"):  # the node reads them, never writes
+            fd = os.open(conf / name, os.O_RDONLY | os.O_NOFOLLOW)
             try:
-                with urllib.request.urlopen(req, timeout=10):
-                    return
-            except (urllib.error.URLError, OSError) as e:
-                last = e
+                if gid is not None:
+                    os.fchown(fd, -1, gid)
+                os.fchmod(fd, 0o640)
+            finally:
+                os.close(fd)
+
+    def _health(self, query: str = "") -> dict | None:
+        auth = base64.b64encode(f"elastic:{self.password}".encode()).decode()
+        req = urllib.request.Request(f"{self.url}/_cluster/health{query}", headers={"Authorization": f"Basic {auth}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def _probe(self):
+        health = self._health()
+        return None if health is None else (health, "elasticsearch")
+
+    def _wait_healthy(self, deadline: float, *, launched: bool) -> None:
+        while time.monotonic() < deadline:
+            health = self._health("?wait_for_status=yellow&timeout=2s")
+            if health is not None and health.get("status") in ("yellow", "green") and self.is_ours(health):
+                return
             time.sleep(1.0)
-        raise ClusterError(f"secured node not healthy after {timeout:.0f}s ({last})\n{self.log_tail()}")
+        self.stop()
+        raise ClusterError(f"secured node not healthy in time\n{self.log_tail()}")
 
 
 @pytest.fixture(scope="module")
 def secured_url():
     home = Path(os.environ.get("ES_RERANK_TEST_SECURED_DIR", Path(tempfile.gettempdir()) / "es-rerank-secured"))
     port = int(os.environ.get("ES_RERANK_TEST_SECURED_PORT", "9281"))
-    cluster = SecuredCluster(home=home, port=port, heap="512m")
-    cluster.stop()  # a node this folder left running (its pid file): start from a known state
+    cluster = SecuredCluster(password=PASSWORD, home=home, port=port, heap="512m")
+    cluster.stop()  # a node this folder and port left running: start from a known state
     try:
         cluster.start(timeout=240)
     except ClusterError as e:
