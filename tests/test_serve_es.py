@@ -398,6 +398,20 @@ def test_full_queue_answers_429_fast_and_timeouts_hold(es_url, embedding_model_p
     assert "es_rerank_queue_capacity 2.0" in metrics
 
 
+def test_a_batched_rerank_that_runs_out_of_time_is_a_504(served_index, es_url, embedding_model_path,
+                                                          cross_encoder_path, embedder):
+    index, _ = served_index
+    settings = server_settings(es_url, embedding_model_path, cross_encoder_path, serve_timeout=1.5,
+                               serve_batch_wait_ms=5)
+    with ServerThread(create_app(settings, embedder=embedder, rerankers={"cross-encoder": Slow(3.0)})) as running:
+        t0 = time.perf_counter()
+        resp = httpx.post(f"{running.url}/{index}/_search", json={"retriever": hybrid_retriever("reset my password", 10),
+                                                                  "size": 2}, timeout=30)
+        seconds = time.perf_counter() - t0
+    assert resp.status_code == 504 and resp.json()["error"]["type"] == "es_rerank_timeout_exception", resp.text
+    assert seconds < 2.5
+
+
 def test_concurrent_requests_share_model_calls(es_url, embedding_model_path, cross_encoder_path, embedder):
     settings = server_settings(es_url, embedding_model_path, cross_encoder_path, serve_batch_wait_ms=300)
     slow = Slow(0.0)

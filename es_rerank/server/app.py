@@ -219,6 +219,10 @@ class Server:
                 504, "es_rerank_timeout_exception",
                 f"no answer within {self.timeout:g}s (ES_RERANK_SERVE_TIMEOUT)"), endpoint, started, pretty=pretty)
         except Exception as e:  # noqa: BLE001 - every failure becomes an Elasticsearch error answer
+            if time.monotonic() >= deadline:  # e.g. the reranker gave up at the deadline: a timeout, not a fault
+                return self.error_response(ApiError(
+                    504, "es_rerank_timeout_exception",
+                    f"no answer within {self.timeout:g}s (ES_RERANK_SERVE_TIMEOUT)"), endpoint, started, pretty=pretty)
             return self.error_response(from_exception(e, secrets=self.secrets), endpoint, started, pretty=pretty)
         self.metrics.outcome(endpoint, "ok", time.perf_counter() - started)
         return self.json_response(payload, pretty=pretty)
