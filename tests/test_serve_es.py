@@ -126,6 +126,16 @@ def test_official_client_reranked_search_equals_searcher(es_via, served_index, e
         assert resp["hits"]["total"]["relation"] == "gte" and resp["timed_out"] is False
 
 
+def test_compressed_requests(server, served_index, es):
+    """Clients with http_compress gzip their bodies: reranked and passed-through searches both work."""
+    index, chunks = served_index
+    with Elasticsearch(server.url, http_compress=True, request_timeout=60, max_retries=0) as client:
+        resp = client.search(index=index, retriever=hybrid_retriever(QUERIES[2], 10), size=2)
+        assert resp["es_rerank"]["reranked"] and len(resp["hits"]["hits"]) == 2
+        plain = client.search(index=index, query={"match_all": {}}, size=1)
+        assert plain["hits"]["total"]["value"] == chunks and "es_rerank" not in plain
+
+
 def test_paging_source_explain_and_min_score(es_via, served_index, es_url, embedding_model_path, cross_encoder_path,
                                               engine, embedder, reranker):
     index, _ = served_index

@@ -11,7 +11,7 @@ from es_rerank.config import Settings
 from es_rerank.errors import ClusterError, IndexMissingError, RerankerError, ValidationError
 from es_rerank.rerankers.base import BaseReranker
 from es_rerank.server import is_loopback
-from es_rerank.server.app import Admission, parse_json
+from es_rerank.server.app import _NOT_JSON, Admission, decoded_body, parse_json
 from es_rerank.server.batching import BatchedReranker, PairBatcher
 from es_rerank.server.errors import ApiError, from_exception
 from es_rerank.server.metrics import Metrics
@@ -142,11 +142,29 @@ def test_is_rerank_search():
 
 def test_parse_json():
     assert parse_json(b'{"a": 1}', "application/vnd.elasticsearch+json; compatible-with=9") == {"a": 1}
-    assert parse_json(b"", "application/json") is not None and parse_json(b"\x00\x01", "application/smile")
+    assert parse_json(b"", "application/json") is _NOT_JSON
+    assert parse_json(b"\x00\x01", "application/smile") is _NOT_JSON
     with pytest.raises(ApiError, match="not valid JSON: Expecting value at line 1 column 1"):
         parse_json(b"not json", "application/json")
     with pytest.raises(ApiError, match=r"duplicate field \[size\]"):
         parse_json(b'{"size": 1, "size": 2}', None)
+
+
+def test_decoded_body():
+    import gzip
+    import zlib
+
+    raw = b'{"size": 1}'
+    assert decoded_body(raw, None, 100) == raw and decoded_body(raw, "identity", 100) == raw
+    assert decoded_body(gzip.compress(raw), "gzip", 100) == raw
+    assert decoded_body(zlib.compress(raw), "deflate", 100) == raw
+    assert decoded_body(raw, "br", 100) is None  # not ours to read: passes through
+    with pytest.raises(ApiError, match="not valid gzip"):
+        decoded_body(b"not gzip", "gzip", 100)
+    bomb = gzip.compress(b"0" * 10_000_000)
+    with pytest.raises(ApiError, match="decompresses to more than the limit of 1000 bytes") as info:
+        decoded_body(bomb, "gzip", 1000)
+    assert info.value.status == 413 and len(bomb) < 20_000
 
 
 # -- bodies sent to the cluster -------------------------------------------------------------------

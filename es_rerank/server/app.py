@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Callable, Mapping
@@ -136,6 +137,30 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def decoded_body(body: bytes, encoding: str | None, limit: int) -> bytes | None:
+    """The body without its ``Content-Encoding`` (gzip or deflate, as Elasticsearch's clients send
+    with ``http_compress``); None for an encoding we do not read (the request then passes through).
+
+    Raises:
+        ApiError: 400 for a body that does not decompress; 413 when it decompresses to more
+            than ``limit`` bytes (a small bomb is refused, never expanded).
+    """
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise bad_request(f"request body is not valid {encoding}: {e}", type="parse_exception") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ApiError(413, "content_too_long_exception",
+                       f"request body decompresses to more than the limit of {limit} bytes (ES_RERANK_SERVE_MAX_BODY)")
+    return out
+
+
 class Server:
     """The app's state: the service, the passthrough, admission, worker threads and metrics.
 
@@ -243,9 +268,10 @@ class Server:
         index = request.path_params.get("index")
         try:
             body = await read_body(request, self.settings.serve_max_body)
-            parsed = parse_json(body, request.headers.get("content-type"))
+            plain = decoded_body(body, request.headers.get("content-encoding"), self.settings.serve_max_body)
+            parsed = _NOT_JSON if plain is None else parse_json(plain, request.headers.get("content-type"))
             if parsed is _NOT_JSON or not is_rerank_search(parsed):
-                return await self.pass_through(request, body)
+                return await self.pass_through(request, body)  # as it came (still compressed)
             spec = parse_search(parsed, dict(request.query_params), max_window=self.max_window)
             if not self.service.knows(spec.inference_id):  # an inference endpoint of the cluster's own
                 return await self.pass_through(request, body)
@@ -285,7 +311,11 @@ class Server:
             return await self.pass_through(request)
         try:
             body = await read_body(request, self.settings.serve_max_body)
-            parsed = parse_json(body, request.headers.get("content-type"))
+            plain = decoded_body(body, request.headers.get("content-encoding"), self.settings.serve_max_body)
+            if plain is None:
+                raise bad_request(f"unsupported Content-Encoding {request.headers.get('content-encoding')!r}: "
+                                  "send gzip, deflate or none", type="parse_exception")
+            parsed = parse_json(plain, request.headers.get("content-type"))
             if parsed is _NOT_JSON:
                 raise bad_request("the rerank request needs a JSON body: {\"query\": ..., \"input\": [...]}",
                                   type="parse_exception")
