@@ -473,3 +473,25 @@ def test_cluster_down_is_a_fast_502(embedding_model_path, cross_encoder_path, em
             assert resp.json()["error"]["type"] == "es_rerank_cluster_unreachable_exception"
             assert time.perf_counter() - t0 < 3.0
         assert httpx.get(f"{running.url}/_es_rerank/health").status_code == 503
+
+
+def test_llm_reranker_through_the_server(served_index, es_url, embedding_model_path, cross_encoder_path, embedder,
+                                         llm_url):
+    """inference_id "llm" picks the pointwise LLM reranker (one call per request, not batched)."""
+    index, _ = served_index
+    settings = server_settings(es_url, embedding_model_path, cross_encoder_path, llm_base_url=llm_url,
+                               llm_model="gemma3-270m", llm_timeout=120.0, llm_api="completions")
+    docs = ["To close your account open Settings > Account > Close account.", "We do not sell your personal data."]
+    with ServerThread(create_app(settings, embedder=embedder)) as running:
+        answer = httpx.post(f"{running.url}/_inference/rerank/llm", json={"query": "close my account", "input": docs},
+                            timeout=300)
+        assert answer.status_code == 200, answer.text
+        assert sorted(r["index"] for r in answer.json()["rerank"]) == [0, 1]
+        assert all(0.0 < r["relevance_score"] < 1.0 for r in answer.json()["rerank"])
+        body = {"retriever": hybrid_retriever("close my account", 3, inference_id="llm"), "size": 2}
+        resp = httpx.post(f"{running.url}/{index}/_search", json=body, timeout=300)
+        metrics = httpx.get(f"{running.url}/_es_rerank/metrics").text
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["es_rerank"] == {"reranked": True, "inference_id": "llm", "fusion": "client"}
+    assert 'es_rerank_pairs_scored_total{inference_id="llm"} 5.0' in metrics
+    assert "es_rerank_batch_pairs_count 0.0" in metrics  # never through the cross-encoder's batcher

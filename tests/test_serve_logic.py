@@ -430,3 +430,26 @@ def test_admission_bounds_and_retry_after():
     assert adm.try_acquire() and adm.in_flight == 2 and adm.retry_after == 4
     text = adm.metrics.render()[0].decode()
     assert "es_rerank_queue_depth 2.0" in text and "es_rerank_queue_capacity 2.0" in text
+
+
+def test_serve_command_resolves_settings_and_marks_a_public_bind(monkeypatch):
+    """The CLI hands Settings (options over environment) to the server; the server loop itself is not run."""
+    from click.testing import CliRunner
+
+    import es_rerank.server as server_module
+    from es_rerank.cli import cli
+
+    seen = {}
+    monkeypatch.setattr(server_module, "serve", lambda settings, **kw: seen.update(settings=settings, **kw))
+    env = {"ES_URL": "http://elastic:pw@127.0.0.1:9", "ES_RERANK_SERVE_QUEUE": "5", "ES_RERANK_SERVE_TIMEOUT": "7"}
+    result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--port", "9333", "--queue", "3",
+                                      "--batch-wait-ms", "0", "--no-warm-up"], env=env)
+    assert result.exit_code == 0, result.output
+    s = seen["settings"]
+    assert (s.serve_host, s.serve_port, s.serve_queue, s.serve_timeout, s.serve_batch_wait_ms) == \
+        ("0.0.0.0", 9333, 3, 7.0, 0.0)
+    assert seen["warm_up"] is False
+    assert "[NOT loopback]" in result.output and "pw" not in result.output
+    help_text = CliRunner().invoke(cli, ["serve", "--help"]).output
+    for option in ("--host", "--port", "--queue", "--timeout", "--max-body", "--batch-wait-ms", "--reranker"):
+        assert option in help_text
