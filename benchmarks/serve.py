@@ -12,9 +12,9 @@ examples/help-centre.jsonl and deleted at the end.
 (b) 8 concurrent clients at depth 20, batching on vs off: throughput, errors, p50/p95/p99,
     the server's memory before and after. Every query is new (a numbered variant), so every
     pair is scored by the model.
-(c) overload: 32 clients against a queue of 8 (batching on), each retrying 50 ms after a 429:
-    how fast 429s come back, the longest any request took against the timeout, and the
-    server's memory over the run.
+(c) overload: 32 clients against a queue of 8 (batching on, a shorter timeout), each retrying
+    50 ms after a 429: how fast 429s come back, the longest any request took against the
+    timeout, and the server's memory over the run.
 
     python benchmarks/serve.py --reranker-model ../shared/models/minilm-l6-scifact-ce --backend torch
 """
@@ -69,7 +69,8 @@ def body(query: str, depth: int, size: int) -> dict:
     """The drop-in request: a hybrid rrf child (BM25 + kNN from text) under text_similarity_reranker."""
     return {"size": size, "_source": ["doc_id", "title"], "retriever": {"text_similarity_reranker": {
         "retriever": {"rrf": {"retrievers": [
-            {"standard": {"query": {"bool": {"must": [{"multi_match": {"query": query, "fields": ["text", "title"]}}]}}}},
+            {"standard": {"query": {"bool": {"must": [
+                {"multi_match": {"query": query, "fields": ["text", "title"]}}]}}}},
             {"knn": {"field": "embedding", "k": depth, "num_candidates": num_candidates_for(depth),
                      "query_vector_builder": {"text_embedding": {"model_text": query}}}},
         ], "rank_constant": 60, "rank_window_size": depth}},
@@ -200,6 +201,14 @@ def load(server: ServerProcess, index: str, *, clients: int, seconds: float, dep
     return out
 
 
+def metrics_excerpt(server: ServerProcess) -> list[str]:
+    """The server's request counts and batch sizes, from its Prometheus endpoint."""
+    text = httpx.get(server.url + "/_es_rerank/metrics").text
+    return [line for line in text.splitlines()
+            if line.startswith(("es_rerank_requests_total", "es_rerank_batch_pairs_sum",
+                                "es_rerank_batch_pairs_count"))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reranker-model", default=os.environ.get("ES_RERANK_RERANKER_MODEL"))
@@ -209,7 +218,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=48, help="(a): sequential requests each way")
     ap.add_argument("--seconds", type=float, default=45.0, help="(b) and (c): seconds per run")
-    ap.add_argument("--timeout", type=float, default=10.0, help="ES_RERANK_SERVE_TIMEOUT of the server")
+    ap.add_argument("--timeout", type=float, default=60.0, help="ES_RERANK_SERVE_TIMEOUT for (a) and (b)")
+    ap.add_argument("--overload-timeout", type=float, default=10.0, help="ES_RERANK_SERVE_TIMEOUT for (c)")
     ap.add_argument("--port", type=int, default=9291)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
@@ -232,7 +242,7 @@ def main() -> None:
                    f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
         "date": time.strftime("%Y-%m-%d"), "index_chunks": report.chunks_indexed, "backend": args.backend,
         "reranker_model": Path(settings.reranker_model).name, "depth": args.depth, "size": args.size,
-        "serve_timeout_s": args.timeout,
+        "serve_timeout_s": {"a_b": args.timeout, "c": args.overload_timeout},
     }
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     try:
@@ -249,15 +259,17 @@ def main() -> None:
                 part["b_8_clients"] = load(server, index, clients=8, seconds=args.seconds, depth=args.depth,
                                            size=args.size)
                 print(label, "(b)", json.dumps(part["b_8_clients"]), flush=True)
-                if label == "batching_on":
-                    part["c_overload_32_clients_queue_8"] = load(server, index, clients=32, seconds=args.seconds,
-                                                                 depth=args.depth, size=args.size, retry_429_s=0.05)
-                    print(label, "(c)", json.dumps(part["c_overload_32_clients_queue_8"]), flush=True)
-                    part["metrics_excerpt"] = [line for line in httpx.get(server.url + "/_es_rerank/metrics").text
-                                               .splitlines() if line.startswith(("es_rerank_requests_total",
-                                                                                 "es_rerank_batch_pairs_sum",
-                                                                                 "es_rerank_batch_pairs_count"))]
+                part["metrics_excerpt"] = metrics_excerpt(server)
                 results[label] = part
+        overload_env = {**env, "ES_RERANK_SERVE_BATCH_WAIT_MS": "5",
+                        "ES_RERANK_SERVE_TIMEOUT": str(args.overload_timeout)}
+        with ServerProcess(overload_env, args.port, logs / "es-rerank-serve-bench-overload.log") as server:
+            part = {"batch_wait_ms": 5.0, "queue": 8, "server_rss_mb_loaded": server.rss}
+            part["c_overload_32_clients_queue_8"] = load(server, index, clients=32, seconds=args.seconds,
+                                                         depth=args.depth, size=args.size, retry_429_s=0.05)
+            print("overload (c)", json.dumps(part["c_overload_32_clients_queue_8"]), flush=True)
+            part["metrics_excerpt"] = metrics_excerpt(server)
+            results["overload"] = part
         on, off = results["batching_on"]["b_8_clients"], results["batching_off"]["b_8_clients"]
         results["b_throughput_ratio_on_vs_off"] = round(on["throughput_ok_qps"] / off["throughput_ok_qps"], 2)
         searcher.close()

@@ -831,8 +831,8 @@ def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max
         _echo("note: serve ignores ES_API_KEY / ES_USERNAME: each caller's own credentials go to the cluster",
               err=True)
     where = f"[{s.serve_host}]" if ":" in s.serve_host else s.serve_host
+    public = "" if is_loopback(s.serve_host) else " [NOT loopback]"
     _echo(f"es-rerank serve: http://{where}:{s.serve_port} -> {s.safe_url} (reranker {s.reranker}, "
-          f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s){'' if is_loopback(s.serve_host) else ' [NOT loopback]'}",
-          err=True)
+          f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s){public}", err=True)
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     serve(s, warm_up=not no_warm_up, log_level="warning" if not verbose else "info" if verbose == 1 else "debug")

@@ -92,7 +92,8 @@ def served_index(es_via, engine, embedder):
 def hybrid_retriever(query, depth, **reranker):
     return {"text_similarity_reranker": {
         "retriever": {"rrf": {"retrievers": [
-            {"standard": {"query": {"bool": {"must": [{"multi_match": {"query": query, "fields": ["text", "title"]}}]}}}},
+            {"standard": {"query": {"bool": {"must": [
+                {"multi_match": {"query": query, "fields": ["text", "title"]}}]}}}},
             {"knn": {"field": "embedding", "k": depth, "num_candidates": num_candidates_for(depth),
                      "query_vector_builder": {"text_embedding": {"model_text": query}}}},
         ], "rank_constant": 60, "rank_window_size": depth}},
@@ -415,8 +416,8 @@ def test_a_batched_rerank_that_runs_out_of_time_is_a_504(served_index, es_url, e
                                serve_batch_wait_ms=5)
     with ServerThread(create_app(settings, embedder=embedder, rerankers={"cross-encoder": Slow(3.0)})) as running:
         t0 = time.perf_counter()
-        resp = httpx.post(f"{running.url}/{index}/_search", json={"retriever": hybrid_retriever("reset my password", 10),
-                                                                  "size": 2}, timeout=30)
+        body = {"retriever": hybrid_retriever("reset my password", 10), "size": 2}
+        resp = httpx.post(f"{running.url}/{index}/_search", json=body, timeout=30)
         seconds = time.perf_counter() - t0
     assert resp.status_code == 504 and resp.json()["error"]["type"] == "es_rerank_timeout_exception", resp.text
     assert seconds < 2.5

@@ -2,8 +2,9 @@
 
 A second local node is started for this module with ``xpack.security.enabled: true`` (HTTP
 without TLS on loopback, the ``elastic`` password set through the keystore's
-``bootstrap.password``, a read-only user and role in the file realm), on its own port and folder: ``ES_RERANK_TEST_SECURED_PORT``
-(default 9281) and ``ES_RERANK_TEST_SECURED_DIR`` (default ``<tmp>/es-rerank-secured``).
+``bootstrap.password``, a read-only user and role in the file realm), on its own port and
+folder: ``ES_RERANK_TEST_SECURED_PORT`` (default 9281) and ``ES_RERANK_TEST_SECURED_DIR``
+(default ``<tmp>/es-rerank-secured``).
 It is stopped at the end. The server is deliberately given the superuser's password in its
 settings, to show that it never uses it.
 """
@@ -172,8 +173,8 @@ def test_refused_exactly_as_the_cluster_refuses(secured_url, secured_server, ind
     index = indices["a"]
     kwargs = {"auth": auth} if auth else {}
     # passthrough: byte for byte
-    for method, path, body in [("POST", f"/{index}/_search", {"query": {"match_all": {}}}), ("GET", "/_cat/indices", None),
-                               ("GET", f"/{index}/_mapping", None)]:
+    for method, path, body in [("POST", f"/{index}/_search", {"query": {"match_all": {}}}),
+                               ("GET", "/_cat/indices", None), ("GET", f"/{index}/_mapping", None)]:
         direct, via = both(secured_url, secured_server.url, method, path, json=body, **kwargs)
         assert via.status_code == direct.status_code == 401
         assert via.content == direct.content and www_authenticate(via) == www_authenticate(direct)
