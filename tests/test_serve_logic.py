@@ -378,6 +378,24 @@ def test_batcher_merges_concurrent_requests_and_returns_each_its_share():
         assert scores == inner.score(q, [q * n for n in range(1, 4)])  # each got exactly its own scores
 
 
+def test_a_lone_request_does_not_wait_for_company():
+    inner = Recording()
+    in_flight = [1]
+    with PairBatcher(inner, wait_ms=2000, in_flight=lambda: in_flight[0]) as batcher:
+        t0 = time.perf_counter()
+        assert BatchedReranker(batcher).score("q", ["ab"]) == [102.0]
+        assert time.perf_counter() - t0 < 0.5  # not the 2 s wait: nobody else is in progress
+        in_flight[0] = 2  # another request is in progress: the first waits for its pairs
+        results = {}
+        first = threading.Thread(target=lambda: results.update(a=BatchedReranker(batcher).score("a", ["x"])))
+        first.start()
+        time.sleep(0.2)
+        results["b"] = BatchedReranker(batcher).score("b", ["yy"])
+        first.join()
+    assert results == {"a": [101.0], "b": [102.0]}
+    assert inner.calls[-1] == [("a", "x"), ("b", "yy")]  # one call for both
+
+
 def test_batcher_respects_max_pairs_and_keeps_requests_whole():
     inner = Recording(delay=0.05)
     with PairBatcher(inner, wait_ms=0, max_pairs=4) as batcher:

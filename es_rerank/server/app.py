@@ -176,10 +176,11 @@ class Server:
                  max_window: int = DEFAULT_MAX_WINDOW):
         self.settings = settings
         self.metrics = Metrics()
-        self.service = RerankService(settings, engine=engine, embedder=embedder, rerankers=rerankers,
-                                     metrics=self.metrics, batch_wait_ms=batch_wait_ms)
-        self.proxy = Passthrough(settings)
         self.admission = Admission(settings.serve_queue, self.metrics)
+        self.service = RerankService(settings, engine=engine, embedder=embedder, rerankers=rerankers,
+                                     metrics=self.metrics, batch_wait_ms=batch_wait_ms,
+                                     in_flight=lambda: self.admission.in_flight)
+        self.proxy = Passthrough(settings)
         self.pool = ThreadPoolExecutor(max_workers=settings.serve_queue, thread_name_prefix="es-rerank-serve")
         self.max_window = max_window
         self.timeout = settings.serve_timeout

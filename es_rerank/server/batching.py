@@ -2,10 +2,10 @@
 
 A cross-encoder reads each pair independently, so the pairs of several requests can share
 a forward pass. :class:`PairBatcher` keeps one worker thread: the first pair list to arrive
-waits up to ``wait_ms`` for others (or until ``max_pairs`` are queued), then one
-``score_pairs`` call scores them all and each request gets its share back. While the
-model runs, new requests queue up and form the next batch without waiting, so under load
-batches grow by themselves and the wait only applies to an idle server.
+waits up to ``wait_ms`` for others (or until ``max_pairs`` are queued, or until every request
+in progress has queued its pairs: a lone request never waits), then one ``score_pairs`` call
+scores them all and each request gets its share back. While the model runs, new requests
+queue up and form the next batch without waiting, so under load batches grow by themselves.
 
 :class:`BatchedReranker` is the per-request face of a batcher: a
 :class:`~es_rerank.rerankers.BaseReranker` that the one rerank step,
@@ -59,13 +59,16 @@ class PairBatcher:
         max_pairs: Pairs per model call at most (a request larger than this is scored alone).
             Defaults to 512.
         on_batch: Called after each model call with ``(pairs, seconds)`` (metrics).
+        in_flight: How many requests are in progress (the server's admitted requests): once
+            that many have queued pairs, nobody else is coming and the batch starts without
+            waiting. Defaults to None (always wait up to ``wait_ms``).
 
     Raises:
         ConfigError: ``wait_ms`` < 0 or ``max_pairs`` < 1.
     """
 
     def __init__(self, reranker: BaseReranker, *, wait_ms: float, max_pairs: int = DEFAULT_MAX_PAIRS,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None, in_flight: Callable[[], int] | None = None):
         if wait_ms < 0:
             raise ConfigError(f"batch wait must be >= 0 ms, got {wait_ms}")
         if max_pairs < 1:
@@ -74,6 +77,7 @@ class PairBatcher:
         self.wait = wait_ms / 1000.0
         self.max_pairs = max_pairs
         self.on_batch = on_batch
+        self.in_flight = in_flight
         self.batches = 0
         self.pairs_scored = 0
         self._jobs: deque[_Job] = deque()
@@ -141,7 +145,7 @@ class PairBatcher:
             until = self._jobs[0].queued + self.wait
             while not self._closed and sum(len(j.pairs) for j in self._jobs) < self.max_pairs:
                 left = until - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (self.in_flight is not None and len(self._jobs) >= self.in_flight()):
                     break
                 self._cond.wait(left)
             if self._closed:

@@ -106,12 +106,15 @@ class RerankService:
         metrics: Where to count. Defaults to a fresh :class:`~es_rerank.server.metrics.Metrics`.
         batch_wait_ms: Micro-batching wait for the cross-encoder; 0 turns batching off.
             Defaults to ``settings.serve_batch_wait_ms``.
+        in_flight: How many requests are in progress (a batch starts without waiting once
+            all of them have queued their pairs). Defaults to None (always wait).
     """
 
     def __init__(self, settings: Settings, *, engine: Engine | None = None, embedder: Embedder | None = None,
                  rerankers: Mapping[str, Reranker] | None = None, metrics: Metrics | None = None,
-                 batch_wait_ms: float | None = None):
+                 batch_wait_ms: float | None = None, in_flight: Callable[[], int] | None = None):
         self.settings = without_credentials(settings)
+        self.in_flight = in_flight
         self.metrics = metrics if metrics is not None else Metrics()
         self.batch_wait_ms = settings.serve_batch_wait_ms if batch_wait_ms is None else batch_wait_ms
         self.embedder = embedder if embedder is not None else build_embedder(self.settings)
@@ -184,7 +187,7 @@ class RerankService:
             if inference_id not in self._batchers:
                 self._batchers[inference_id] = PairBatcher(
                     self.reranker(inference_id), wait_ms=self.batch_wait_ms,
-                    on_batch=lambda pairs, seconds: self.metrics.batch_pairs.observe(pairs))
+                    on_batch=lambda pairs, seconds: self.metrics.batch_pairs.observe(pairs), in_flight=self.in_flight)
             return self._batchers[inference_id]
 
     def scorer(self, inference_id: str, *, deadline: float | None = None) -> BaseReranker:
