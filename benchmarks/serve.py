@@ -271,7 +271,8 @@ def main() -> None:
             part["metrics_excerpt"] = metrics_excerpt(server)
             results["overload"] = part
         on, off = results["batching_on"]["b_8_clients"], results["batching_off"]["b_8_clients"]
-        results["b_throughput_ratio_on_vs_off"] = round(on["throughput_ok_qps"] / off["throughput_ok_qps"], 2)
+        results["b_throughput_ratio_on_vs_off"] = (round(on["throughput_ok_qps"] / off["throughput_ok_qps"], 2)
+                                                   if off["throughput_ok_qps"] else None)
         searcher.close()
     finally:
         delete(engine, index)
