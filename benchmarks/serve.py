@@ -17,6 +17,10 @@ examples/help-centre.jsonl and deleted at the end.
     timeout, and the server's memory over the run.
 
     python benchmarks/serve.py --reranker-model ../shared/models/minilm-l6-scifact-ce --backend torch
+
+On a shared machine set OMP_NUM_THREADS=1 (it reaches the server too): torch's OpenMP
+threads spin when the cores are oversubscribed, and one query embedding then took 100-650 ms
+instead of ~30 ms here.
 """
 
 from __future__ import annotations
@@ -243,6 +247,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "index_chunks": report.chunks_indexed, "backend": args.backend,
         "reranker_model": Path(settings.reranker_model).name, "depth": args.depth, "size": args.size,
         "serve_timeout_s": {"a_b": args.timeout, "c": args.overload_timeout},
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     try:
@@ -277,6 +283,7 @@ def main() -> None:
     finally:
         delete(engine, index)
         engine.close()
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(results, indent=2)
     print(text)
     if args.json is not None:
