@@ -426,10 +426,40 @@ def test_batcher_drops_pairs_whose_request_gave_up():
         busy = batcher.submit([("q", "a")])
         time.sleep(0.02)
         late = batcher.submit([("q", "b")], deadline=time.monotonic() + 0.01)
-        with pytest.raises(TimeoutError, match="time ran out"):
+        with pytest.raises(TimeoutError, match="time ran out|dropped unscored"):
             late.result(5)
         busy.result(5)
     assert inner.calls == [[("q", "a")]]
+
+
+def test_batches_respect_deadlines_and_hopeless_requests_are_dropped():
+    class Timed(Recording):
+        """0.05 s per pair, like a model on a slow CPU."""
+
+        def score_pairs(self, pairs):
+            with self.lock:
+                self.calls.append(list(pairs))
+            time.sleep(0.05 * len(pairs))
+            return [float(len(t)) for _, t in pairs]
+
+    inner = Timed()
+    with PairBatcher(inner, wait_ms=0) as batcher:
+        batcher.submit([("q", "warm")] * 2).result(5)  # measures the time per pair
+        blocker = batcher.submit([("q", "b")] * 4)  # keeps the worker busy for 0.2 s while jobs queue
+        time.sleep(0.02)
+        deadline = time.monotonic() + 0.75
+        jobs = [batcher.submit([("q", str(i))] * 4, deadline=deadline) for i in range(5)]
+        blocker.result(5)
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(5))
+            except TimeoutError as e:
+                outcomes.append(str(e))
+    # after the blocker about 0.5 s are left: two requests (8 pairs, 0.4 s) fit in one call
+    assert outcomes[:2] == [[1.0] * 4, [1.0] * 4]
+    assert all("dropped unscored" in o or "time ran out" in o for o in outcomes[2:]), outcomes
+    assert [len(c) for c in inner.calls] == [2, 4, 8]  # nothing was computed for requests already lost
 
 
 def test_batched_reranker_times_out_and_closed_batcher_refuses():

@@ -6,6 +6,9 @@ waits up to ``wait_ms`` for others (or until ``max_pairs`` are queued, or until 
 in progress has queued its pairs: a lone request never waits), then one ``score_pairs`` call
 scores them all and each request gets its share back. While the model runs, new requests
 queue up and form the next batch without waiting, so under load batches grow by themselves.
+Batches respect deadlines: with the model's measured time per pair, a batch never grows so
+large that a request in it misses its deadline, and a request that cannot be scored in the
+time it has left is dropped unscored rather than computed for nobody.
 
 :class:`BatchedReranker` is the per-request face of a batcher: a
 :class:`~es_rerank.rerankers.BaseReranker` that the one rerank step,
@@ -25,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -84,6 +88,7 @@ class PairBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._pair_seconds: float | None = None  # moving average of the model's time per pair
 
     def __enter__(self) -> "PairBatcher":
         return self
@@ -135,8 +140,9 @@ class PairBatcher:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
 
-    def _take(self) -> list[_Job] | None:
-        """The next batch (None once closed): waits for the first job, then for company."""
+    def _take(self) -> tuple[list[_Job], list[_Job]] | None:
+        """The next batch and the hopeless jobs (None once closed): waits for the first job,
+        then for company."""
         with self._cond:
             while not self._jobs and not self._closed:
                 self._cond.wait()
@@ -150,18 +156,46 @@ class PairBatcher:
                 self._cond.wait(left)
             if self._closed:
                 return None
-            batch, count = [], 0
-            while self._jobs and (not batch or count + len(self._jobs[0].pairs) <= self.max_pairs):
-                job = self._jobs.popleft()
-                batch.append(job)
-                count += len(job.pairs)
-            return batch
+            return self._select(time.monotonic())
+
+    def _select(self, now: float) -> tuple[list[_Job], list[_Job]]:
+        """Queued jobs for the next model call, oldest first, and the jobs that cannot make it.
+
+        Once the time per pair is known, a batch stops growing where one more request would
+        make a request in it miss its deadline, and a request that could not finish in time
+        even alone is dropped unscored (the compute goes to requests that can still be
+        answered). Called with the lock held.
+        """
+        per_pair = self._pair_seconds
+        batch: list[_Job] = []
+        hopeless: list[_Job] = []
+        count, budget = 0, math.inf
+        while self._jobs:
+            job = self._jobs[0]
+            size = count + len(job.pairs)
+            if batch and size > self.max_pairs:
+                break
+            left = math.inf if job.deadline is None else job.deadline - now
+            if per_pair is not None:
+                if len(job.pairs) * per_pair > left:
+                    hopeless.append(self._jobs.popleft())
+                    continue
+                if batch and size * per_pair > min(budget, left):
+                    break
+            batch.append(self._jobs.popleft())
+            count, budget = size, min(budget, left)
+        return batch, hopeless
 
     def _run(self) -> None:
         while True:
-            batch = self._take()
-            if batch is None:
+            taken = self._take()
+            if taken is None:
                 return
+            batch, hopeless = taken
+            for job in hopeless:
+                if job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(TimeoutError("the request's remaining time is too short to score its "
+                                                          "pairs; dropped unscored"))
             now = time.monotonic()
             live = []
             for job in batch:
@@ -187,6 +221,8 @@ class PairBatcher:
                     raise
                 continue
             seconds = time.perf_counter() - started
+            rate = seconds / len(pairs)
+            self._pair_seconds = rate if self._pair_seconds is None else 0.7 * self._pair_seconds + 0.3 * rate
             self.batches += 1
             self.pairs_scored += len(pairs)
             start = 0

@@ -15,6 +15,7 @@ the cluster decides what each caller may read; es-rerank adds nothing of its own
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 import threading
@@ -44,6 +45,11 @@ FORWARDED_HEADERS = ("authorization", "es-security-runas-user", "x-opaque-id")
 """Caller headers the server's own requests to the cluster carry (nothing else, nothing added)."""
 
 BATCHED = ("cross-encoder",)  # rerankers whose pairs are independent, so requests can share a batch
+STATE_TTL = 10.0
+"""Seconds an index's es-rerank marker, read for one caller, is remembered for that caller. It only
+decides which text is reranked and which embedder embeds ``model_text``; every search still goes
+to the cluster with the caller's credentials."""
+STATE_CACHE_SIZE = 1024
 
 
 def without_credentials(settings: Settings) -> Settings:
@@ -124,6 +130,7 @@ class RerankService:
         self._rerankers: dict[str, BaseReranker] = dict(self._given)
         self._batchers: dict[str, PairBatcher] = {}
         self._embedders: dict[tuple[str, str], Embedder] = {}
+        self._states: dict[tuple[str, str], tuple[float, IndexState | None]] = {}
         self._searcher: Searcher | None = None
         self._lock = threading.RLock()
 
@@ -254,6 +261,7 @@ class RerankService:
 
         Unknown: no index (``/_search``), an expression (wildcards, lists), or a caller
         without the right to read index metadata (403): the index is then read as any index.
+        An answer is remembered for :data:`STATE_TTL` seconds per index and caller.
 
         Raises:
             IndexMissingError: The index does not exist.
@@ -265,6 +273,20 @@ class RerankService:
             validate_index_name(index)
         except ValidationError:
             return None
+        who = hashlib.sha256("\x00".join(headers.get(k, "") for k in FORWARDED_HEADERS[:2]).encode()).hexdigest()
+        key, now = (index, who), time.monotonic()
+        with self._lock:
+            cached = self._states.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        state = self._read_state(index, headers)
+        with self._lock:
+            if len(self._states) >= STATE_CACHE_SIZE:
+                self._states.clear()
+            self._states[key] = (now + STATE_TTL, state)
+        return state
+
+    def _read_state(self, index: str, headers: Mapping[str, str]) -> IndexState | None:
         try:
             resp = self.engine.request("GET", f"/{index}", params={"filter_path": "*.mappings._meta,*.aliases"},
                                        headers=headers, index=index)
