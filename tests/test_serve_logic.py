@@ -329,6 +329,13 @@ def test_from_exception():
     assert from_exception(ValidationError("bad depth", field="depth")).body()["error"]["reason"] == "[depth] bad depth"
     assert from_exception(RerankerError("model broke")).status == 500
     assert from_exception(TimeoutError("late")).status == 504
+    try:
+        try:
+            raise TimeoutError("dropped unscored")
+        except TimeoutError as inner:
+            raise RerankerError("reranker x failed: dropped unscored") from inner
+    except RerankerError as wrapped:
+        assert from_exception(wrapped).status == 504  # gave up for lack of time: a timeout, not a fault
     secret = from_exception(RuntimeError("token abc123 leaked"), secrets=("abc123",))
     assert secret.status == 500 and "abc123" not in secret.reason
 

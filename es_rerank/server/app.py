@@ -227,7 +227,8 @@ class Server:
                 429, "es_rejected_execution_exception",
                 f"es-rerank is busy: {self.admission.capacity} reranking requests are in progress "
                 f"(ES_RERANK_SERVE_QUEUE); retry in {wait}s", headers={"Retry-After": str(wait)}), endpoint, started)
-        deadline = time.monotonic() + self.timeout
+        # the clock started when the request came in, not when it was admitted
+        deadline = time.monotonic() + self.timeout - (time.perf_counter() - started)
         began = time.perf_counter()
         try:
             job = self.pool.submit(work, deadline)
@@ -239,7 +240,7 @@ class Server:
         waiting = asyncio.wrap_future(job)
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # a late failure is not "unretrieved"
         try:
-            payload = await asyncio.wait_for(asyncio.shield(waiting), self.timeout)
+            payload = await asyncio.wait_for(asyncio.shield(waiting), max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             return self.error_response(ApiError(
                 504, "es_rerank_timeout_exception",

@@ -95,11 +95,17 @@ def from_exception(error: BaseException, *, secrets: tuple[str, ...] = ()) -> Ap
     * the cluster is unreachable: 502; it did not answer in time: 504;
     * a missing index: 404 ``index_not_found_exception``;
     * an invalid request (:class:`~es_rerank.errors.ValidationError`): 400;
-    * a reranker failure: 500 (503 while it cannot load);
+    * a reranker failure: 500; a reranker (or anything) that gave up for lack of time: 504;
     * anything else: 500, with the exception's type and message (secrets masked).
     """
     if isinstance(error, ApiError):
         return error
+    cause: BaseException | None = error
+    while cause is not None:  # a reranker that gave up for lack of time is a timeout, not a fault
+        if isinstance(cause, TimeoutError):
+            return ApiError(504, "es_rerank_timeout_exception", redact(str(cause) or "the request took too long",
+                                                                       secrets))
+        cause = cause.__cause__
     if isinstance(error, ClusterError):
         if error.status is not None and isinstance(error.body, Mapping):
             return ApiError(error.status, error.error_type or "status_exception", str(error), body=error.body,
@@ -118,7 +124,5 @@ def from_exception(error: BaseException, *, secrets: tuple[str, ...] = ()) -> Ap
         return ApiError(500, "es_rerank_reranker_exception", redact(str(error), secrets))
     if isinstance(error, ConfigError):
         return ApiError(500, "es_rerank_config_exception", redact(str(error), secrets))
-    if isinstance(error, TimeoutError):
-        return ApiError(504, "es_rerank_timeout_exception", redact(str(error) or "the request took too long", secrets))
     logger.error("unexpected error while serving a request", exc_info=error)
     return ApiError(500, "es_rerank_exception", redact(f"{type(error).__name__}: {error}", secrets))
