@@ -72,7 +72,7 @@ def _configure_logging(verbose: int) -> None:
         logging.getLogger("opensearch").setLevel(logging.ERROR)
     root = logging.getLogger()
     if not any(isinstance(h, _RedactingHandler) for h in root.handlers):
-        handler = _RedactingHandler(sys.stderr)
+        handler = _RedactingHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
@@ -80,6 +80,10 @@ def _configure_logging(verbose: int) -> None:
 
 class _RedactingHandler(logging.StreamHandler):
     """Log lines go through the one redaction function: URL credentials and secrets never print."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # the current stderr (a test runner may have replaced it)
+        super().emit(record)
 
     def format(self, record: logging.LogRecord) -> str:
         secrets = [os.environ.get(v) for v in ("ES_PASSWORD", "ES_API_KEY", "ES_RERANK_LLM_API_KEY")]

@@ -51,8 +51,9 @@ def detect_engine(settings: Any) -> str:
         root = probe.request("GET", "/")
         distribution = (root.get("version") or {}).get("distribution") if isinstance(root, dict) else None
     except ClusterError as e:
-        if e.status is None:
-            raise
+        if e.status is None:  # unreachable or too slow: say so without guessing the engine
+            raise ClusterError(str(e).replace("OpenSearch at", "Elasticsearch/OpenSearch at", 1),
+                               url=settings.safe_url) from None
         distribution = None
     finally:
         transport_log.setLevel(level)
