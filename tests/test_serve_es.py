@@ -315,6 +315,20 @@ def test_bad_input_is_an_elasticsearch_error_and_serving_goes_on(server, served_
     assert good.status_code == 200 and len(good.json()["hits"]["hits"]) == 2
 
 
+def test_an_inference_id_that_is_not_ours_goes_to_the_cluster(server, served_index, es_url):
+    """The cluster's own inference endpoints (Elastic Rerank, Cohere ...) stay the cluster's to answer."""
+    index, _ = served_index
+    body = {"retriever": hybrid_retriever("reset my password", 10, inference_id="my-elastic-rerank"), "size": 2}
+    via = httpx.post(f"{server.url}/{index}/_search", json=body, timeout=60)
+    direct = httpx.post(f"{es_url}/{index}/_search", json=body, timeout=60)
+    assert via.status_code == direct.status_code and via.content == direct.content
+    assert "es_rerank" not in via.text
+    request = {"query": "q", "input": ["a"]}
+    inference_via = httpx.post(f"{server.url}/_inference/rerank/my-elastic-rerank", json=request)
+    inference_direct = httpx.post(f"{es_url}/_inference/rerank/my-elastic-rerank", json=request)
+    assert (inference_via.status_code, inference_via.content) == (inference_direct.status_code, inference_direct.content)
+
+
 def test_official_client_sees_errors_as_api_errors(es_via, served_index):
     index, _ = served_index
     with pytest.raises(EsApiError) as info:
