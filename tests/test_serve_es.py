@@ -326,7 +326,8 @@ def test_an_inference_id_that_is_not_ours_goes_to_the_cluster(server, served_ind
     request = {"query": "q", "input": ["a"]}
     inference_via = httpx.post(f"{server.url}/_inference/rerank/my-elastic-rerank", json=request)
     inference_direct = httpx.post(f"{es_url}/_inference/rerank/my-elastic-rerank", json=request)
-    assert (inference_via.status_code, inference_via.content) == (inference_direct.status_code, inference_direct.content)
+    assert inference_via.status_code == inference_direct.status_code
+    assert inference_via.content == inference_direct.content
 
 
 def test_official_client_sees_errors_as_api_errors(es_via, served_index):
