@@ -195,8 +195,7 @@ class Server:
 
     def product_headers(self) -> dict[str, str]:
         """``X-Elastic-Product``, which Elasticsearch's clients require on every success."""
-        engine = self.service._engine
-        name = engine.name if engine is not None else self.settings.engine
+        name = self.service.engine_name or self.settings.engine
         return {} if name == "opensearch" else {"X-Elastic-Product": "Elasticsearch"}
 
     def json_response(self, payload: Any, status: int = 200, *, headers: Mapping[str, str | list[str]] | None = None,
@@ -346,11 +345,10 @@ class Server:
                 cluster["health"] = "unknown (secured: es-rerank holds no credentials)"
         except ApiError as e:
             cluster["error"] = e.reason
-        engine = self.service._engine
         body = {
             "status": "ok" if cluster["reachable"] else "unavailable",
             "cluster": cluster,
-            "engine": engine.name if engine is not None else None,
+            "engine": self.service.engine_name,
             "rerankers": {"default": self.service.default_inference_id, "available": list(self.service.inference_ids),
                           "batch_wait_ms": self.service.batch_wait_ms},
             "queue": {"in_flight": self.admission.in_flight, "capacity": self.admission.capacity},

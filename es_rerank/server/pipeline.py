@@ -146,6 +146,11 @@ class RerankService:
         return self._engine
 
     @property
+    def engine_name(self) -> str | None:
+        """``elasticsearch`` or ``opensearch`` once the engine is open (or was given), else None."""
+        return None if self._engine is None else self._engine.name
+
+    @property
     def searcher(self) -> Searcher:
         """The searcher whose :meth:`~es_rerank.client.Searcher.rerank` is the rerank step."""
         if self._searcher is None:
