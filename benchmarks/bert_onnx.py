@@ -15,7 +15,7 @@ another's), one untimed warm-up call each:
   pairs truncated to ``--max-length`` tokens, median and best of ``--repeats`` calls in each of
   ``--rounds`` processes per backend (the backends take turns), for ``torch``
   (sentence-transformers ``CrossEncoder.predict``); ``onnx-export`` (the file
-  ``es_rerank.onnx_backend.export_onnx`` writes, run by ``OnnxCrossEncoder``); ``onnx-built``
+  ``es_rerank.export.export_onnx`` writes, run by the runtime's cross-encoder head); ``onnx-built``
   (``open_bert_session``, run by the same class with the same settings); ``onnx-built-bytes``
   (``build_bert_onnx`` serialized, likewise); ``onnx-built-fused`` (that graph after ONNX
   Runtime's offline transformer fusions, which do what its online optimizer cannot with dynamic
@@ -64,22 +64,43 @@ def _fused(proto, hidden: int, heads: int):
     return optimize_model(proto, model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0).model
 
 
+class _Session:
+    """An ONNX Runtime session behind the runtime's session surface (what the heads call)."""
+
+    parallel_batches = 1
+
+    def __init__(self, session):
+        self._session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def run(self, feed):
+        return self._session.run(None, feed)[0]
+
+    def run_many(self, feeds):
+        for feed in feeds:
+            yield self.run(feed)
+
+
+class _Scorer:
+    """The runtime's cross-encoder head (tokenizer, batching) on a session made by ``make_session``."""
+
+    def __init__(self, model_dir: str, make_session, *, max_length: int, batch_size: int, threads: int):
+        self.model_dir, self.make_session = model_dir, make_session
+        self.max_length, self.batch_size, self.threads = max_length, batch_size, threads
+        self.head = None
+
+    def load(self):
+        from es_rerank.runtime.heads import CrossEncoderHead
+
+        session = _Session(self.make_session(_session_options(self.threads)))
+        self.head = CrossEncoderHead(session, self.model_dir, batch_size=self.batch_size, max_length=self.max_length)
+
+    def score(self, query, texts):
+        return [float(x) for x in self.head.score_pairs([(query, t) for t in texts])]
+
+
 def _in_memory_cross_encoder(model_dir: str, make_session, **kwargs):
-    """``OnnxCrossEncoder`` (its tokenizer, batching and session settings) on a session made in memory."""
-    from es_rerank.onnx_backend import OnnxCrossEncoder
-
-    class InMemory(OnnxCrossEncoder):
-        def _load(self):  # the parent's _load wants a model.onnx file
-            if self._session is None:
-                self._load_tokenizer()
-                self._session = self._open(self.model_dir)
-
-        def _open(self, path):
-            session = make_session(_session_options(self.threads or os.cpu_count() or 1))
-            self._inputs = [i.name for i in session.get_inputs()]
-            return lambda feed: session.run(None, feed)[0]
-
-    return InMemory(model_dir, **kwargs)
+    return _Scorer(model_dir, make_session, **kwargs)
 
 
 def _scorer(backend: str, model: str, export_dir: str, max_length: int, threads: int):
@@ -93,12 +114,15 @@ def _scorer(backend: str, model: str, export_dir: str, max_length: int, threads:
         ce = CrossEncoder(model, max_length=max_length, device="cpu", activation_fn=torch.nn.Identity())
         return (lambda q, texts: [float(x) for x in ce.predict([(q, t) for t in texts], show_progress_bar=False)],
                 {"total": time.perf_counter() - started})
-    from es_rerank.onnx_backend import OnnxCrossEncoder
-
     steps = {"import es_rerank": time.perf_counter() - started}
     kwargs = {"max_length": max_length, "batch_size": 32, "threads": threads}
     if backend == "onnx-export":
-        ce = OnnxCrossEncoder(export_dir, **kwargs)
+        import onnxruntime as ort
+
+        def from_file(opts):
+            return ort.InferenceSession(str(Path(export_dir) / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+
+        ce = _in_memory_cross_encoder(export_dir, from_file, **kwargs)
     else:
         t0 = time.perf_counter()
         import onnx  # noqa: F401
@@ -160,7 +184,7 @@ def _isolated(*args) -> dict:
 def _session_options(threads: int):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()  # as es_rerank.onnx_backend.OnnxCrossEncoder._open sets them
+    opts = ort.SessionOptions()  # as es_rerank.runtime.sessions sets them
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -240,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         export_dir = str(Path(tmp) / "export")
         backends = args.backends.split(",")
         if "onnx-export" in backends:
-            from es_rerank.onnx_backend import export_onnx
+            from es_rerank.export import export_onnx
 
             t0 = time.perf_counter()
             export_onnx(args.model, export_dir, kind="cross-encoder")
