@@ -944,6 +944,7 @@ def export_onnx_cmd(ctx, model, out_dir, kind, quantize, openvino, calibration_q
 
 __all__ = ["cli", "main", "setting_option", "shared_options", "parse_filters"]
 
+
 # -- serve -----------------------------------------------------------------------------------
 
 @cli.command("serve")
