@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from es_rerank.engines import ElasticsearchEngine, OpenSearchEngine
+
 from es_rerank.config import Settings
 from es_rerank.errors import ClusterError, IndexMissingError, RerankerError, ValidationError
 from es_rerank.rerankers.base import BaseReranker
@@ -169,24 +171,28 @@ def test_decoded_body():
 
 # -- bodies sent to the cluster -------------------------------------------------------------------
 
+ES_ENGINE = ElasticsearchEngine(Settings())
+OS_ENGINE = OpenSearchEngine(Settings())
+
+
 def test_leaf_bodies_elasticsearch_and_opensearch():
     std = Standard(Q, ({"term": {"lang": "en"}},), min_score=0.5)
-    assert leaf_body(std, engine="elasticsearch", size=20, source=["title"]) == {
+    assert leaf_body(std, engine=ES_ENGINE, size=20, source=["title"]) == {
         "size": 20, "query": {"bool": {"must": [Q], "filter": [{"term": {"lang": "en"}}]}}, "min_score": 0.5,
         "_source": ["title"]}
-    assert leaf_body(Standard(Q), engine="elasticsearch", size=5) == {"size": 5, "query": Q}
-    assert leaf_body(Standard(None), engine="opensearch", size=5) == {"size": 5, "query": {"match_all": {}}}
+    assert leaf_body(Standard(Q), engine=ES_ENGINE, size=5) == {"size": 5, "query": Q}
+    assert leaf_body(Standard(None), engine=OS_ENGINE, size=5) == {"size": 5, "query": {"match_all": {}}}
     knn = Knn("embedding", 20, 100, vector=(0.5, 1.0), filters=({"term": {"a": 1}},), similarity=0.2)
-    assert leaf_body(knn, engine="elasticsearch", size=20) == {"size": 20, "knn": {
+    assert leaf_body(knn, engine=ES_ENGINE, size=20) == {"size": 20, "knn": {
         "field": "embedding", "query_vector": [0.5, 1.0], "k": 20, "num_candidates": 100,
         "filter": [{"term": {"a": 1}}], "similarity": 0.2}}
     os_knn = Knn("embedding", 20, 100, vector=(0.5, 1.0), filters=({"term": {"a": 1}},))
-    assert leaf_body(os_knn, engine="opensearch", size=20) == {"size": 20, "query": {"knn": {"embedding": {
+    assert leaf_body(os_knn, engine=OS_ENGINE, size=20) == {"size": 20, "query": {"knn": {"embedding": {
         "vector": [0.5, 1.0], "k": 20, "filter": {"bool": {"filter": [{"term": {"a": 1}}]}}}}}}
-    with pytest.raises(ApiError, match="not supported on OpenSearch"):
-        leaf_body(knn, engine="opensearch", size=20)
+    with pytest.raises(ValidationError, match="not supported on OpenSearch"):
+        leaf_body(knn, engine=OS_ENGINE, size=20)
     with pytest.raises(ValueError, match="not resolved"):
-        leaf_body(Knn("embedding", 5, 10, text="q"), engine="elasticsearch", size=5)
+        leaf_body(Knn("embedding", 5, 10, text="q"), engine=ES_ENGINE, size=5)
 
 
 def test_the_hybrid_child_asks_what_searcher_asks():
@@ -198,7 +204,7 @@ def test_the_hybrid_child_asks_what_searcher_asks():
     vector = (0.25, -0.5)
     bm25 = engine.bm25_query("refund")
     tree = Rrf((Standard(bm25), Knn("embedding", 20, num_candidates_for(20), vector=vector)), 60, 20)
-    sent = [leaf_body(node, engine="elasticsearch", size=size, source=None) for node, size in leaves(tree, 20)]
+    sent = [leaf_body(node, engine=ES_ENGINE, size=size, source=None) for node, size in leaves(tree, 20)]
     want = [engine.bm25_body("refund", size=20), engine.knn_body(vector, size=20)]
     for got, expected in zip(sent, want):
         expected.pop("_source")

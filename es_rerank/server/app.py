@@ -43,7 +43,7 @@ from .errors import ApiError, bad_request, from_exception
 from .metrics import Metrics, outcome_of
 from .pipeline import RerankService, caller_headers
 from .proxy import Passthrough
-from .translate import DEFAULT_MAX_WINDOW, is_rerank_search, parse_inference, parse_search
+from .translate import is_rerank_search, parse_inference, parse_search
 
 logger = logging.getLogger(__name__)
 
@@ -168,12 +168,12 @@ class Server:
         settings: Server settings (``serve_*``, the cluster URL, models).
         engine, embedder, rerankers, batch_wait_ms: See :class:`~es_rerank.server.pipeline.RerankService`.
         max_window: Largest ``rank_window_size`` (and inference inputs). Defaults to
-            :data:`~es_rerank.server.translate.DEFAULT_MAX_WINDOW`.
+            ``settings.serve_max_window``.
     """
 
     def __init__(self, settings: Settings, *, engine: Engine | None = None, embedder: Embedder | None = None,
                  rerankers: Mapping[str, Reranker] | None = None, batch_wait_ms: float | None = None,
-                 max_window: int = DEFAULT_MAX_WINDOW):
+                 max_window: int | None = None):
         self.settings = settings
         self.metrics = Metrics()
         self.admission = Admission(settings.serve_queue, self.metrics)
@@ -182,7 +182,7 @@ class Server:
                                      in_flight=lambda: self.admission.in_flight)
         self.proxy = Passthrough(settings)
         self.pool = ThreadPoolExecutor(max_workers=settings.serve_queue, thread_name_prefix="es-rerank-serve")
-        self.max_window = max_window
+        self.max_window = settings.serve_max_window if max_window is None else max_window
         self.timeout = settings.serve_timeout
         self.secrets = settings.secrets
 
@@ -365,7 +365,7 @@ class Server:
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None, embedder: Embedder | None = None,
                rerankers: Mapping[str, Reranker] | None = None, batch_wait_ms: float | None = None,
-               max_window: int = DEFAULT_MAX_WINDOW) -> Starlette:
+               max_window: int | None = None) -> Starlette:
     """The es-rerank server as an ASGI app (run it with uvicorn, or :func:`es_rerank.server.serve`).
 
     Args:
@@ -376,7 +376,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         rerankers: Inference id -> reranker, replacing the built-in ones of those ids.
         batch_wait_ms: Micro-batching wait; 0 turns batching off. Defaults to
             ``settings.serve_batch_wait_ms``.
-        max_window: Largest ``rank_window_size``. Defaults to 1000.
+        max_window: Largest ``rank_window_size``. Defaults to ``settings.serve_max_window`` (1000).
 
     Returns:
         The app; ``app.state.server`` is its :class:`Server` (``service.warm_up()`` loads the models).

@@ -345,7 +345,7 @@ class RerankService:
             hits, raw = convert(resp)
             return Retrieved(hits[:spec.window], raw, [resp], "server")
         plan = list(leaves(tree, spec.window))
-        bodies = [leaf_body(node, engine=engine.name, size=size, source=source) for node, size in plan]
+        bodies = [leaf_body(node, engine=engine, size=size, source=source) for node, size in plan]
         if len(bodies) == 1:
             responses = [engine.search(target, bodies[0], headers=headers)]
         else:

@@ -31,11 +31,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
 
 from ..engines.base import MAX_NUM_CANDIDATES
 from ..types import Hit
 from .errors import ApiError, bad_request
+
+if TYPE_CHECKING:
+    from ..engines import Engine
 
 RERANKER = "text_similarity_reranker"
 DEFAULT_WINDOW = 10  # Elasticsearch's default rank_window_size
@@ -455,32 +458,13 @@ def standard_query(node: Standard) -> dict[str, Any]:
 
 
 def knn_clause(node: Knn) -> dict[str, Any]:
-    """Elasticsearch's ``knn`` clause (the vector must be resolved)."""
+    """Elasticsearch's ``knn`` clause (the vector must be resolved), for server-side ``rrf`` retrievers."""
+    from ..engines.elasticsearch import ElasticsearchEngine
+
     if node.vector is None:
         raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
-    clause: dict[str, Any] = {"field": node.field, "query_vector": [float(x) for x in node.vector], "k": node.k,
-                              "num_candidates": node.num_candidates}
-    if node.filters:
-        clause["filter"] = [dict(f) for f in node.filters]
-    if node.similarity is not None:
-        clause["similarity"] = node.similarity
-    return clause
-
-
-def opensearch_knn_query(node: Knn) -> dict[str, Any]:
-    """OpenSearch's ``knn`` query for a ``knn`` retriever (``num_candidates`` has no counterpart).
-
-    Raises:
-        ApiError: 400 for ``similarity``, which OpenSearch's k-NN search does not take.
-    """
-    if node.vector is None:
-        raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
-    if node.similarity is not None:
-        raise bad_request("[knn.similarity] is not supported on OpenSearch: leave it out")
-    spec: dict[str, Any] = {"vector": [float(x) for x in node.vector], "k": node.k}
-    if node.filters:
-        spec["filter"] = {"bool": {"filter": [dict(f) for f in node.filters]}}
-    return {"knn": {node.field: spec}}
+    return ElasticsearchEngine.knn_clause(node.vector, k=node.k, clauses=node.filters, field=node.field,
+                                          num_candidates=node.num_candidates, similarity=node.similarity)
 
 
 def _with_source(body: dict[str, Any], source: Any) -> dict[str, Any]:
@@ -489,23 +473,28 @@ def _with_source(body: dict[str, Any], source: Any) -> dict[str, Any]:
     return body
 
 
-def leaf_body(node: Standard | Knn, *, engine: str, size: int, source: Any = None) -> dict[str, Any]:
-    """The search body of one ``standard`` or ``knn`` retriever.
+def leaf_body(node: Standard | Knn, *, engine: Engine, size: int, source: Any = None) -> dict[str, Any]:
+    """The search body of one ``standard`` or ``knn`` retriever, in ``engine``'s syntax.
 
     Args:
         node: The retriever (a knn's vector resolved).
-        engine: ``elasticsearch`` or ``opensearch``.
+        engine: The engine the body is for (it owns the kNN syntax).
         size: Hits to fetch.
         source: The ``_source`` to ask for; None leaves it out (the whole ``_source``).
+
+    Raises:
+        ValidationError: A kNN option the engine does not take (OpenSearch: ``similarity``).
     """
     if isinstance(node, Standard):
         body: dict[str, Any] = {"size": size, "query": standard_query(node)}
         if node.min_score is not None:
             body["min_score"] = node.min_score
         return _with_source(body, source)
-    if engine == "opensearch":
-        return _with_source({"size": size, "query": opensearch_knn_query(node)}, source)
-    return _with_source({"size": size, "knn": knn_clause(node)}, source)
+    if node.vector is None:
+        raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
+    return engine.knn_search_body(node.vector, size=size, k=node.k, field=node.field,
+                                  num_candidates=node.num_candidates, clauses=node.filters,
+                                  similarity=node.similarity, source=source)
 
 
 def retriever_json(node: Node) -> dict[str, Any]:
