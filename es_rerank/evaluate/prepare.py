@@ -75,6 +75,8 @@ def prepare_index(engine: Engine, data: BeirData, settings: Any, embedder: Any, 
         on_progress: Passed to :func:`es_rerank.indexing.index_paths`.
     """
     started = time.perf_counter()
+    # "auto" means english on one cluster and standard on another: fingerprint what is used
+    settings = settings.replace(analyzer=engine.resolve_analyzer(settings.analyzer))
     fingerprint = corpus_fingerprint(data.corpus_path, settings, embedder)
     name = eval_index_name(data.root, fingerprint)
     state = engine.state(name)
