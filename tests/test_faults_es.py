@@ -256,7 +256,7 @@ def test_bulk_429s_are_matched_by_id_and_counted_once(spare, engine_name, embedd
     The write pool has one thread and a queue of one, and a noise writer keeps it busy. A bulk
     request is split into one task per shard, each accepted or rejected whole (in a one-shard
     index only a tail can be rejected, after a mapping update, and the client retries tails in
-    order, so position and identity agree). Here the es-rerank index has three shards: items of a
+    order, so position and identity agree). Here the es-rerank index has two shards: items of a
     rejected shard are retried and come back after the items that followed them. A fifth of the
     documents carry an empty metadata field name, refused by the server with a 400 wherever they
     land; matched by position, those failures would be pinned on other documents.
@@ -279,7 +279,7 @@ def test_bulk_429s_are_matched_by_id_and_counted_once(spare, engine_name, embedd
     settings = Settings(index=index)
     analyzer = spare.resolve_analyzer(settings.analyzer)
     body = spare.index_body(embedder.dimensions, analyzer=analyzer)
-    body["settings"]["index"]["number_of_shards"] = 3
+    body["settings"]["index"]["number_of_shards"] = 2  # two tasks fit the pool: only the noise makes 429s
     body["mappings"]["_meta"] = marker(alias=index, state=READY, engine=spare.name, embedder=embedder.model_name,
                                        embedding_backend=embedder.backend, dims=embedder.dimensions,
                                        chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap,
@@ -327,13 +327,13 @@ def test_bulk_429s_are_matched_by_id_and_counted_once(spare, engine_name, embedd
         assert node.count(index) == report.chunks_indexed == len(present) == len(set(present))
         assert set(present) == all_ids - set(rejected)  # every indexed document is there, no rejected one is
         ran_out = {d for d, why in rejected.items() if "rejected execution" in why.lower()}  # 429 after retries
-        assert set(rejected) - ran_out == poison
-        assert not ran_out & poison
-        for doc_id in poison:
+        refused = set(rejected) - ran_out
+        assert poison <= set(rejected) and refused <= poison, (refused - poison, poison - set(rejected))
+        for doc_id in refused:
             assert "failed to parse" in rejected[doc_id], rejected[doc_id]
         report_line(request, f"{engine_name}: {len(responses)} bulk responses, {len(interleaved)} interleaved, "
                              f"{n_429} items 429; {report.documents_indexed} indexed, {len(ran_out)} out of "
-                             f"retries, {len(poison)} refused, in {report.seconds:.0f} s")
+                             f"retries, {len(refused)} refused, in {report.seconds:.0f} s")
     finally:
         drop(spare, index)
 

@@ -86,13 +86,18 @@ def test_eval_uses_its_own_namespaced_index(node, engine, decoys, cli_env, tmp_p
     the evaluation builds and rebuilds only its own es-rerank-eval-* index."""
     data = _tiny_beir(tmp_path / "x,decoy-prod")
     env = dict(cli_env, ES_RERANK_INDEX="decoy-prod")
+    pattern = "es-rerank-eval-x-decoy-prod-*"
+    before = node.aliases(pattern)  # other runs' evaluation indices (other settings) may be there
     for extra in ([], ["--reindex"]):
         r = _run(env, "eval", "--data", str(data), "--depth", "5", "--final-k", "3", "--no-progress", *extra)
         assert r.exit_code == 0, r.output
         _survive(node)
-    built = node.aliases("es-rerank-eval-x-decoy-prod-*")
-    assert len(built) == 1  # --reindex replaced the first build, it did not add a second
-    (alias,) = next(iter(built.values()))
+    after = node.aliases(pattern)
+    new = [index for index in after if index not in before]
+    assert len(new) == 1, (before, after)
+    (alias,) = after[new[0]]
+    # --reindex replaced the first build, it did not add a second
+    assert [index for index, aliases in after.items() if alias in aliases] == new
     drop(engine, alias)
 
 
