@@ -61,11 +61,10 @@ def _make_scorer(backend: str, model: str, onnx_dir: str):
     if backend in ("torch", "torch-bf16"):
         from es_rerank.rerankers import CrossEncoderReranker
 
-        return CrossEncoderReranker(model, bf16=backend == "torch-bf16").score
-    from es_rerank.onnx_backend import runtime_model
+        return CrossEncoderReranker(model, backend=backend).score
+    from es_rerank.rerankers import CrossEncoderReranker
 
-    cls, file_name = runtime_model(backend, "cross-encoder")
-    return cls(onnx_dir, file_name=file_name).score
+    return CrossEncoderReranker(onnx_dir, backend=backend).score
 
 
 def _rerank_worker(backend, model, onnx_dir, work, queue):
@@ -94,7 +93,7 @@ def _calibration_pairs(index: str, n_queries: int = 40, depth: int = 10) -> list
     """(query, candidate) pairs from SciFact train queries: disjoint from the measured test queries."""
     from es_rerank.config import Settings
     from es_rerank.evaluate.data import load_beir
-    from es_rerank.openvino_backend import calibration_from_index
+    from es_rerank.export import calibration_from_index
 
     queries = list(load_beir(SCIFACT, "train", check_corpus=False).queries.values())[:n_queries]
     return calibration_from_index(Settings.from_env(index=index), queries, depth=depth)
@@ -102,8 +101,7 @@ def _calibration_pairs(index: str, n_queries: int = 40, depth: int = 10) -> list
 
 def _export_all(model: str, out: str, kind: str, calibration) -> None:
     """ONNX fp32 + dynamic int8, then OpenVINO IR + static int8, into one folder (untimed)."""
-    from es_rerank.onnx_backend import quantize_onnx
-    from es_rerank.openvino_backend import INT8_FILE, export_openvino
+    from es_rerank.export import INT8_FILE, export_openvino, quantize_onnx
 
     if (Path(out) / INT8_FILE).is_file() and (Path(out) / "model_int8.onnx").is_file():
         return
@@ -117,15 +115,14 @@ def _candidates(index: str, n_queries: int, depths: list[int]):
     from es_rerank.client import Searcher
     from es_rerank.config import Settings
     from es_rerank.evaluate.data import load_beir
-    from es_rerank.indexing import embedding_text
 
     data = load_beir(SCIFACT, "test", check_corpus=False)
     searcher = Searcher(Settings.from_env(index=index, reranker="none"))
     work = []
     for qid in list(data.queries)[:n_queries]:
         for depth in depths:
-            hits, _, _ = searcher.retrieve(data.queries[qid], depth=depth)
-            work.append((depth, data.queries[qid], [embedding_text(h.title, h.text) for h in hits]))
+            hits = searcher.retrieve(data.queries[qid], depth=depth).hits
+            work.append((depth, data.queries[qid], [h.passage for h in hits]))
     return work
 
 
@@ -182,15 +179,14 @@ def _embed_worker(kind, model_dir, texts, queue):
     if kind == "plain":
         from sentence_transformers import SentenceTransformer
 
-        from es_rerank.embedding import resolve_model
+        from es_rerank.runtime import resolve_model
 
         m = SentenceTransformer(resolve_model(model_dir))
         embed = lambda xs: m.encode(xs, normalize_embeddings=True)  # noqa: E731
     else:
-        from es_rerank.onnx_backend import runtime_model
+        from es_rerank.embedding import ModelEmbedder
 
-        cls, file_name = runtime_model(kind, "embedder")
-        embed = cls(model_dir, file_name=file_name).embed_documents
+        embed = ModelEmbedder(model_dir, backend=kind).embed_documents
     embed(texts[:8])
     t0 = time.perf_counter()
     vectors = embed(texts)
@@ -198,20 +194,21 @@ def _embed_worker(kind, model_dir, texts, queue):
 
 
 def bench_index(args) -> None:
-    from elasticsearch import Elasticsearch
-
-    from es_rerank.chunking import Chunker, hf_offsets
+    from es_rerank.chunking import Chunker
     from es_rerank.config import Settings
-    from es_rerank.embedding import SentenceTransformerEmbedder, build_embedder
-    from es_rerank.indexing import embedding_text, index_paths
+    from es_rerank.embedding import ModelEmbedder, build_embedder
+    from es_rerank.engines import open_engine
+    from es_rerank.indexing import index_paths
+    from es_rerank.lifecycle import delete
+    from es_rerank.types import passage_text as embedding_text
 
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="emb-onnx-")
     corpus = Path(tempfile.mkdtemp()) / "corpus.jsonl"
     with open(SCIFACT / "corpus.jsonl") as src, open(corpus, "w") as dst:
         for _, line in zip(range(args.docs), src):
             dst.write(line)
-    base = SentenceTransformerEmbedder(args.embedder)
-    chunker = Chunker(hf_offsets(base.tokenizer), size=200, overlap=40)
+    base = ModelEmbedder(args.embedder, backend="torch")
+    chunker = Chunker(base.offsets, size=200, overlap=40)
     texts = []
     for line in open(corpus):
         doc = json.loads(line)
@@ -227,7 +224,7 @@ def bench_index(args) -> None:
     kinds = args.backends.split(",")
     alone = {k: _run_isolated(_embed_worker, k, args.embedder if k == "plain" else onnx_dir, texts) for k in kinds}
     ref = alone["plain"]["vectors"]
-    es = Elasticsearch(os.environ.get("ES_URL", "http://127.0.0.1:9200"), request_timeout=60)
+    engine = open_engine(Settings.from_env(request_timeout=60))
     print(f"\n{'embedder':<14} {'alone docs/s':>12} {'end-to-end docs/s':>18} {'e2e/alone':>9} {'vs plain':>8} "
           f"{'cos mean':>8} {'cos min':>8} {'peak MB':>8}")
     for kind, run in alone.items():
@@ -236,8 +233,8 @@ def bench_index(args) -> None:
         backend = "torch" if kind == "plain" else kind
         model = args.embedder if kind == "plain" else onnx_dir
         s = Settings.from_env(index=f"bench-{uuid.uuid4().hex[:8]}", embedding_backend=backend, embedding_model=model)
-        report = index_paths(es, [str(corpus)], settings=s, embedder=build_embedder(s))
-        es.indices.delete(index=s.index)
+        report = index_paths(engine, [str(corpus)], settings=s, embedder=build_embedder(s))
+        delete(engine, s.index)
         e2e = report.documents_indexed / report.seconds
         plain_dps = args.docs / alone["plain"]["seconds"]
         print(f"{kind:<14} {alone_dps:>12.1f} {e2e:>18.1f} {e2e / alone_dps:>9.2f} {alone_dps / plain_dps:>7.2f}x "

@@ -141,11 +141,22 @@ def _fail_cleanly(fn):
             raise click.ClickException(_clean(str(e))) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
+        except ModuleNotFoundError as e:
+            extra = _EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise click.ClickException(_clean(f"unexpected error: {e}")) from None
+            raise click.ClickException(f"this command needs the {extra} extra, which is not installed: "
+                                       f"pip install -e '.[{extra}]' (missing module {e.name})") from None
         except Exception as e:  # noqa: BLE001 - an unexpected failure: say what, never leak a secret
             logger.debug("unexpected error", exc_info=True)
             raise click.ClickException(_clean(f"unexpected error: {type(e).__name__}: {e}")) from None
 
     return wrapper
+
+
+# optional modules -> the pyproject extra that installs them
+_EXTRAS = {"ranx": "eval", "matplotlib": "eval", "numba": "eval", "sentence_transformers": "torch", "torch": "torch",
+           "transformers": "torch", "openvino": "openvino", "nncf": "openvino"}
 
 
 def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -194,6 +205,10 @@ def cli(ctx: click.Context):
 
 
 def main() -> None:
+    import signal
+
+    # a SIGTERM unwinds like Ctrl-C: an unfinished index build is deleted on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     cli(prog_name="es-rerank")
 
 
@@ -483,7 +498,7 @@ def _print_result(result, *, explain: bool, load_s: float) -> None:
             rs = f"{h.rerank_score:.4f}" if h.rerank_score is not None else "-"
             _echo(f"   retrieval rank {h.retrieval_rank} -> rerank rank {rr}; "
                   f"retrieval score {h.retrieval_score:.4f}, rerank score {rs}"
-                  + (f", final score {h.final_score:.4f}" if h.final_score is not None else ""))
+                  + (f", final score {h.final_score:.4f}" if h.final_score not in (None, h.rerank_score) else ""))
 
 
 # -- inspect and delete ------------------------------------------------------------------------
@@ -588,6 +603,9 @@ def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):
     from .evaluate.data import load_beir
     from .evaluate.prepare import prepare_index
 
+    import matplotlib  # noqa: F401 - the eval extra: fail now, not after indexing the corpus
+    import ranx  # noqa: F401
+
     s = _settings(ctx)
     data = load_beir(data_dir, split)
     if data.unknown_query_ids:
@@ -627,16 +645,30 @@ def _rerankers(s: Settings, names, instructions: str | None = None) -> dict:
             if name != "none"}
 
 
+def _model_of(s: Settings, kind: str) -> str:
+    """The model behind a reranker kind, for the record and the plots."""
+    return s.llm_model if kind in ("llm", "listwise") else s.reranker_model
+
+
+_exclude_self_option = click.option(
+    "--exclude-self/--keep-self", "exclude_self", default=None,
+    help="Drop each query's own document from its ranking before scoring (BEIR convention for collections "
+         "whose queries are documents, e.g. ArguAna). Default: on when most judged query ids are corpus ids.")
+
 _data_options = [
     click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
                  help="Collection in BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."),
     click.option("--split", default="test", help="Qrels split."),
     setting_option("final_k", "--final-k"),
     setting_option("fusion", "--fusion"),
+    setting_option("blend", "--blend"),
+    setting_option("blend_weight", "--blend-weight"),
+    _exclude_self_option,
     click.option("--reindex", is_flag=True, help="Build the collection's evaluation index again."),
-    click.option("--max-queries", type=int, default=None, help="Only the first N queries (file order)."),
+    click.option("--max-queries", type=click.IntRange(min=1), default=None,
+                 help="Only the first N queries (file order)."),
     click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-                 help="Write results.json, results.md (and the plot) here."),
+                 help="Write results.json, results.md and report.html (and the plot) here."),
     click.option("--progress/--no-progress", default=True, help="Show progress on stderr."),
 ]
 
@@ -659,6 +691,23 @@ def _query_bar(desc: str, enabled: bool):
     return bar, update
 
 
+def _record(report, prepared, started: float, **extra: Any):
+    """The report with the command's own wall time (indexing included) and how it was run."""
+    env = {**report.environment, **extra, "command": _command_line(), "index_seconds": round(prepared.seconds, 1),
+           "index_built": prepared.built}
+    return dataclasses.replace(report, wall_seconds=time.perf_counter() - started, environment=env)
+
+
+def _wall_line(report, prepared) -> str:
+    return (f"wall time {report.wall_seconds:.0f}s (indexing {prepared.seconds:.0f}s"
+            f"{'' if prepared.built else ', reused'})")
+
+
+def _write(paths) -> None:
+    for path in paths:
+        _echo(f"wrote {path}")
+
+
 @cli.command("eval")
 @shared_options
 @_with_data_options
@@ -669,40 +718,54 @@ def _query_bar(desc: str, enabled: bool):
 @click.option("--instructions", default=None, help="LLM rerankers: extra instructions for the prompt.")
 @click.pass_context
 @_fail_cleanly
-def eval_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_dir, progress, depth, reranker_names,
-             instructions):
-    """Recall, nDCG and latency of BM25, kNN, hybrid and hybrid + reranker on a BEIR split."""
+def eval_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclude_self, reindex, max_queries, out_dir,
+             progress, depth, reranker_names, instructions):
+    """Recall, nDCG and latency of BM25, kNN, hybrid and hybrid + reranker on a BEIR split.
+
+    Every row is compared with hybrid query by query: the mean difference with a 95%
+    paired bootstrap interval, and the queries won, tied and lost.
+    """
     from pathlib import Path
 
     from .evaluate.report import eval_table, write_eval
     from .evaluate.runner import run_eval
 
     started = time.perf_counter()
-    base = _settings(ctx, final_k=final_k, depth=depth)
+    if final_k is None and depth is not None and depth < _settings(ctx).final_k:
+        final_k = depth  # a shallow depth needs no --final-k of its own: the k follows it down
+    base = _settings(ctx, final_k=final_k, depth=depth, blend=blend, blend_weight=blend_weight)
     depth, final_k = base.depth, base.final_k
-    if max_queries is not None and max_queries < 1:
-        raise click.BadParameter(f"must be >= 1, got {max_queries}", param_hint="--max-queries")
     s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
     with searcher:
         rerankers = _rerankers(s, reranker_names, instructions)
         bar, update = _query_bar("evaluating", progress)
         try:
-            report = run_eval(searcher, data, depth=depth, final_k=final_k, rerankers=rerankers, fusion=fusion,
-                              max_queries=max_queries, on_query=update)
+            report = run_eval(searcher, data, depth=depth, final_k=final_k, rerankers=rerankers, blend=base.blend,
+                              blend_weight=base.blend_weight, fusion=fusion, max_queries=max_queries,
+                              exclude_own=exclude_self, on_query=update)
         finally:
             bar.close()
-    report.wall_seconds = time.perf_counter() - started
-    report.environment.update(reranker_model=s.reranker_model, command=_command_line(),
-                              index_seconds=round(prepared.seconds, 1), index_built=prepared.built)
+    report = _record(report, prepared, started, reranker_model=s.reranker_model)
+    blend_text = base.blend + (f" (reranker weight {base.blend_weight:g})" if base.blend == "linear" else "")
     _echo(f"{report.queries} queries of {Path(data_dir).name}/{split}, depth {depth}, final_k {final_k}, "
-          f"reranker model {s.reranker_model}\n")
+          f"blend {blend_text}, reranker model {s.reranker_model}\n")
     _echo(eval_table(report))
+    if report.own_document["note"]:
+        _echo("\n" + report.own_document["note"])
     _echo("\n" + report.gap["summary"])
-    _echo(f"\nwall time {report.wall_seconds:.0f}s (indexing {prepared.seconds:.0f}s"
-          f"{'' if prepared.built else ', reused'})")
+    _echo("\n" + _wall_line(report, prepared))
     if out_dir:
-        for path in write_eval(report, Path(out_dir)):
-            _echo(f"wrote {path}")
+        _write(write_eval(report, Path(out_dir)))
+
+
+def _parse_depths(depths: str) -> list[int]:
+    try:
+        values = [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {depths!r}", param_hint="--depths") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected integers >= 1, got {depths!r}", param_hint="--depths")
+    return values
 
 
 @cli.command("sweep")
@@ -710,26 +773,25 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_di
 @_with_data_options
 @click.option("--depths", default="20,50,100", help="Comma-separated depths.")
 @click.option("--tolerance", type=float, default=0.01,
-              help="Recommended depth: smallest whose reranked recall@k is within this of the best.")
+              help="Recommended depth: among depths where reranking beats none, the smallest whose reranked "
+                   "recall@k is within this of their best.")
 @click.option("--reranker", "reranker_name", type=click.Choice(RERANKER_KINDS[:-1]), default="cross-encoder",
               help="The reranker to sweep.")
 @click.pass_context
 @_fail_cleanly
-def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_dir, progress, depths, tolerance,
-              reranker_name):
-    """Rerank at several depths: recall@k, nDCG@10 and added latency against depth, plus a plot."""
+def sweep_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclude_self, reindex, max_queries, out_dir,
+              progress, depths, tolerance, reranker_name):
+    """Rerank at several depths: nDCG@10 and recall@k before and after, their paired difference with a
+    95% interval, and the added latency, plus a plot; recommends a depth only where reranking beats none."""
     from pathlib import Path
 
     from .evaluate.report import sweep_sentence, sweep_table, write_sweep
     from .evaluate.runner import run_sweep
 
     started = time.perf_counter()
-    try:
-        depth_list = [int(d) for d in depths.split(",") if d.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {depths!r}", param_hint="--depths") from None
-    base = _settings(ctx, final_k=final_k)
-    if not depth_list or min(depth_list) < base.final_k:
+    depth_list = _parse_depths(depths)
+    base = _settings(ctx, final_k=final_k, blend=blend, blend_weight=blend_weight)
+    if min(depth_list) < base.final_k:
         raise click.BadParameter(f"every depth must be >= final_k ({base.final_k}), got {depths!r}",
                                  param_hint="--depths")
     s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
@@ -738,20 +800,117 @@ def sweep_cmd(ctx, data_dir, split, final_k, fusion, reindex, max_queries, out_d
         bar, update = _query_bar("sweeping", progress)
         try:
             report = run_sweep(searcher, data, depths=depth_list, final_k=base.final_k, reranker=reranker,
-                               reranker_name=reranker_name, tolerance=tolerance, fusion=fusion,
-                               max_queries=max_queries, on_query=update)
+                               reranker_name=reranker_name, model=_model_of(s, reranker_name), blend=base.blend,
+                               blend_weight=base.blend_weight, tolerance=tolerance, fusion=fusion,
+                               max_queries=max_queries, exclude_own=exclude_self, on_query=update)
         finally:
             bar.close()
-    report.wall_seconds = time.perf_counter() - started
-    report.environment.update(reranker_model=s.reranker_model, command=_command_line(),
-                              index_seconds=round(prepared.seconds, 1), index_built=prepared.built)
+    report = _record(report, prepared, started, reranker_model=_model_of(s, reranker_name))
     _echo(sweep_table(report))
+    if report.own_document["note"]:
+        _echo("\n" + report.own_document["note"])
     _echo("\n" + sweep_sentence(report))
-    _echo(f"\nwall time {report.wall_seconds:.0f}s (indexing {prepared.seconds:.0f}s"
-          f"{'' if prepared.built else ', reused'})")
+    _echo("\n" + _wall_line(report, prepared))
     if out_dir:
-        for path in write_sweep(report, Path(out_dir)):
-            _echo(f"wrote {path}")
+        _write(write_sweep(report, Path(out_dir)))
+
+
+def _tune_split(data_dir: str, split: str | None, folds: int | None) -> tuple[str, int | None, str]:
+    """The split to tune on and the folds: a dev split when there is one, else k-fold over test."""
+    from pathlib import Path
+
+    if split is not None:
+        return split, folds, ""
+    if (Path(data_dir) / "qrels" / "dev.tsv").is_file():
+        return "dev", folds, ""
+    folds = 5 if folds is None else folds
+    return "test", folds, f"no qrels/dev.tsv: {folds}-fold cross-validation over the test split's judged queries"
+
+
+@cli.command("tune")
+@shared_options
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Collection in BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
+@click.option("--split", default=None,
+              help="Qrels split to tune on. Default: dev when qrels/dev.tsv exists, else test with --folds 5.")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="k-fold cross-validation: choose on k-1 folds, measure on the held-out one (use it when "
+                   "there is no dev split).")
+@click.option("--metric", default="ndcg@10", help="What to maximise: ndcg@K or recall@K.")
+@click.option("--depths", default="10,20,30,50,100",
+              help="Comma-separated depths; one rerank pass at the largest serves them all.")
+@click.option("--reranker", "reranker_names", multiple=True, type=click.Choice(RERANKER_KINDS[:-1]),
+              help="Reranker(s) to try. Repeatable. Default: the configured one (ES_RERANK_RERANKER).")
+@click.option("--instructions", default=None, help="LLM rerankers: extra instructions for the prompt.")
+@setting_option("fusion", "--fusion")
+@_exclude_self_option
+@click.option("--latency-queries", type=click.IntRange(min=0), default=20,
+              help="Queries to measure the chosen setting's added latency on (0: estimate it from the deep pass).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the folds and the bootstrap.")
+@click.option("--reindex", is_flag=True, help="Build the collection's evaluation index again.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None, help="Only the first N queries (file order).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write results.json, results.md and report.html here.")
+@click.option("--progress/--no-progress", default=True, help="Show progress on stderr.")
+@click.pass_context
+@_fail_cleanly
+def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instructions, fusion, exclude_self,
+             latency_queries, seed, reindex, max_queries, out_dir, progress):
+    """Choose depth, blend and reranker on judged queries, or learn that reranking does not help.
+
+    Tries every depth x blend (none, rrf, linear with alpha 0.1..0.9) x reranker from one
+    rerank pass at the largest depth, picks the best by --metric, and compares it with
+    hybrid (95% paired bootstrap interval, wins/ties/losses, added latency). Prints the
+    chosen settings as environment variables.
+    """
+    from pathlib import Path
+
+    from .evaluate.report import tune_comparison, tune_cost, tune_env_lines, tune_latency, tune_table, write_tune
+    from .evaluate.runner import run_tune, tune_depths
+    from .evaluate.tune import check_metric
+
+    started = time.perf_counter()
+    try:
+        check_metric(metric)
+        tune_depths(_parse_depths(depths), metric)
+    except EsRerankError as e:
+        raise click.BadParameter(str(e), param_hint="--metric / --depths") from None
+    base = _settings(ctx)
+    names = list(reranker_names) if reranker_names else [base.reranker]
+    if names == ["none"]:
+        raise click.BadParameter("the configured reranker is none: name one or more with --reranker",
+                                 param_hint="--reranker")
+    split, folds, note = _tune_split(data_dir, split, folds)
+    if note:
+        _echo(note, err=True)
+    s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
+    with searcher:
+        rerankers = _rerankers(s, names, instructions)
+        bar, update = _query_bar("deep rerank pass", progress)
+        try:
+            report = run_tune(searcher, data, rerankers=rerankers, metric=metric, depths=_parse_depths(depths),
+                              folds=folds, fusion=fusion, max_queries=max_queries, exclude_own=exclude_self,
+                              latency_queries=latency_queries, seed=seed, on_query=update)
+        finally:
+            bar.close()
+    report = _record(report, prepared, started,
+                     reranker_models={n: _model_of(s, n) for n in rerankers})
+    rec = report.recommendation
+    _echo(f"{report.queries} queries of {Path(data_dir).name}/{split}, metric {metric}"
+          + (f", {folds}-fold cross-validation" if folds else "") + "\n")
+    _echo(tune_table(report))
+    if report.own_document["note"]:
+        _echo("\n" + report.own_document["note"])
+    if report.dropped_depths:
+        _echo(f"\ndepths {', '.join(map(str, report.dropped_depths))} left out: below the cut-off of {metric}")
+    _echo("\n" + tune_comparison(report))
+    _echo(tune_latency(report))
+    _echo(tune_cost(report))
+    _echo(f"\n{rec.sentence}" + ("" if rec.helps else f" (options: {' '.join(rec.cli_args)})"))
+    _echo("\n" + "\n".join(tune_env_lines(report)))
+    _echo("\n" + _wall_line(report, prepared))
+    if out_dir:
+        _write(write_tune(report, Path(out_dir)))
 
 
 # -- export -------------------------------------------------------------------------------------

@@ -127,7 +127,8 @@ class Searcher:
                  embedder: Embedder | None = None, reranker: Reranker | None = None):
         self.settings = settings if settings is not None else Settings.from_env()
         self._own_engine = engine is None
-        self.engine = engine if engine is not None else open_engine(self.settings, client=es)
+        self._engine = engine
+        self._es = es
         self.embedder = embedder if embedder is not None else build_embedder(self.settings)
         self._reranker: BaseReranker | None = as_reranker(reranker) if reranker is not None else None
         self._own_reranker = reranker is None
@@ -135,7 +136,7 @@ class Searcher:
         self._max_window: int | None = None
         self._fields: FieldInfo | None = None
         self._index_checked = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Searcher":
@@ -143,7 +144,8 @@ class Searcher:
         return cls(Settings.from_env(**overrides))
 
     def __repr__(self) -> str:
-        return f"Searcher(index={self.settings.index!r}, url={self.settings.safe_url!r}, engine={self.engine.name!r})"
+        engine = self._engine.name if self._engine is not None else self.settings.engine
+        return f"Searcher(index={self.settings.index!r}, url={self.settings.safe_url!r}, engine={engine!r})"
 
     def __enter__(self) -> "Searcher":
         return self
@@ -159,8 +161,17 @@ class Searcher:
             pool.shutdown(wait=False, cancel_futures=True)
         if self._own_reranker and self._reranker is not None:
             self._reranker.close()
-        if self._own_engine:
-            self.engine.close()
+        if self._own_engine and self._engine is not None:
+            self._engine.close()
+
+    @property
+    def engine(self) -> Engine:
+        """The search engine (detected from the cluster on first use unless given or configured)."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = open_engine(self.settings, client=self._es)
+        return self._engine
 
     @property
     def es(self) -> Any:

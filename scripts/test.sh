@@ -4,6 +4,6 @@
 # project's local cluster themselves. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh test,llm-server
+scripts/setup.sh offline,test,llm-server
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 exec .venv/bin/python -m pytest "$@"

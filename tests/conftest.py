@@ -170,10 +170,10 @@ class Node:
         """The concrete indices the alias points at (sorted; empty when it is no alias)."""
         return sorted(self.aliases(alias))
 
-    def indices(self, pattern: str) -> list[str]:
-        """The open concrete indices matching a wildcard pattern (sorted)."""
+    def indices(self, pattern: str, *, expand: str = "open") -> list[str]:
+        """The concrete indices matching a wildcard pattern (sorted); ``expand="all"`` adds closed ones."""
         rows = self.engine.request("GET", f"/_cat/indices/{pattern}",
-                                   params={"format": "json", "h": "index", "expand_wildcards": "open"})
+                                   params={"format": "json", "h": "index", "expand_wildcards": expand})
         return sorted(row["index"] for row in rows)
 
     def index_settings(self, index: str) -> dict[str, Any]:

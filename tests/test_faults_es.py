@@ -346,7 +346,7 @@ def test_node_killed_mid_indexing_then_rerun_and_down_at_query_time(spare_node, 
     from es_rerank.indexing import index_paths
 
     node = Node(spare)
-    for leftover in node.indices("faults*"):
+    for leftover in node.indices("faults*", expand="all"):  # left by an earlier run
         node.delete_plain(leftover)
     serving = f"down-{uuid.uuid4().hex[:10]}"
     settings = Settings(url=spare_node.url, index=serving, engine=engine_name, request_timeout=5)

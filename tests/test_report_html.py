@@ -9,7 +9,6 @@ import base64
 import hashlib
 import io
 import re
-import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -21,9 +20,7 @@ from es_rerank.evaluate.stats import paired_comparison
 from es_rerank.evaluate.tune import apply_setting, evaluate_grid, select
 from es_rerank.types import Hit
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from report_browser import open_report, query_order
 
 # Each payload sets window.__pwned if it ever runs.
 PAYLOADS = {
@@ -119,7 +116,7 @@ def test_nothing_from_data_is_left_unescaped(report):
     Collect().feed(html)
     assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "table", "thead",
                     "tbody", "tr", "th", "td", "figure", "img", "figcaption", "div", "button", "ol", "li",
-                    "header", "span", "dl", "dt", "dd", "script"}, tags
+                    "header", "span", "dl", "dt", "dd", "script", "section"}, tags
     assert not [a for a in attributes if a.startswith("on")]
 
 
@@ -157,63 +154,65 @@ def test_query_views_collapse_chunks_to_documents():
 
 # --- headless Chromium ----------------------------------------------------------------
 
-def _browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium")
-    return sync_api
-
-
 def test_report_in_headless_chromium(report, tmp_path):
-    sync_api = _browser()
     from PIL import Image
 
     html, views = report
     path = tmp_path / "report.html"
     path.write_text(html, encoding="utf-8")
-    errors, requests = [], []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(path.as_uri(), wait_until="load")
+    with open_report(path) as (page, errors, requests):
+        # nothing injected ran, and the payloads are shown as text
+        assert page.evaluate("window.__pwned") is None
+        body = page.inner_text("body")
+        for key, payload in PAYLOADS.items():
+            assert payload in body, key
+        assert page.title().endswith(PAYLOADS["page"])
+        assert page.locator("li.q").count() == len(views) == 12
+        assert page.locator("li.rel").count() >= 1  # judged-relevant documents are marked
+        # every plot decoded (the PNG from matplotlib, the SVGs)
+        assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
 
-            # nothing injected ran, and the payloads are shown as text
-            assert page.evaluate("window.__pwned") is None
-            body = page.inner_text("body")
-            for key, payload in PAYLOADS.items():
-                assert payload in body, key
-            assert page.title().endswith(PAYLOADS["page"])
-            assert page.locator("li.q").count() == len(views) == 12
-            assert page.locator("li.rel").count() >= 1  # judged-relevant documents are marked
-            # every plot decoded (the PNG from matplotlib, the SVGs)
-            assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        deltas = {v.qid: v.delta for v in views}
+        initial = query_order(page)
+        assert initial == [v.qid for v in views]
+        page.click("button[data-sort=gain]")
+        by_gain = query_order(page)
+        assert by_gain != initial
+        assert by_gain == [v.qid for v in sorted(views, key=lambda v: -v.delta)]  # stable: ties keep order
+        assert [deltas[q] for q in by_gain] == sorted(deltas.values(), reverse=True)
+        page.click("button[data-sort=loss]")
+        assert [deltas[q] for q in query_order(page)] == sorted(deltas.values())
+        assert page.get_attribute("button[data-sort=loss]", "aria-pressed") == "true"
+        page.click("button[data-sort=order]")
+        assert query_order(page) == initial
 
-            def order():
-                return page.eval_on_selector_all("li.q", "els => els.map(e => e.dataset.qid)")
-
-            deltas = {v.qid: v.delta for v in views}
-            initial = order()
-            assert initial == [v.qid for v in views]
-            page.click("button[data-sort=gain]")
-            by_gain = order()
-            assert by_gain != initial
-            assert by_gain == [v.qid for v in sorted(views, key=lambda v: -v.delta)]  # stable: ties keep order
-            assert [deltas[q] for q in by_gain] == sorted(deltas.values(), reverse=True)
-            page.click("button[data-sort=loss]")
-            assert [deltas[q] for q in order()] == sorted(deltas.values())
-            assert page.get_attribute("button[data-sort=loss]", "aria-pressed") == "true"
-            page.click("button[data-sort=order]")
-            assert order() == initial
-
-            shot = page.screenshot(full_page=True)
-        finally:
-            browser.close()
+        shot = page.screenshot(full_page=True)
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=float)
     assert pixels.shape[0] > 900 and pixels.var() > 100.0, f"blank-looking screenshot, variance {pixels.var():.1f}"
     (tmp_path / "report.png").write_bytes(shot)
+
+
+def test_sections_sort_independently_in_chromium(tmp_path):
+    from es_rerank.evaluate.html import QuerySection, QueryView
+
+    def views(sign):
+        return [QueryView(f"q{i}", f"query {i}", (_hit(f"d{i}", 1),), (_hit(f"d{i}", 1),), {f"d{i}": 1},
+                          0.5, 0.5 + sign * (i - 2) / 10) for i in range(5)]
+
+    html = render_report(title="two sections", metric="ndcg@10", rows=[TableRow("hybrid", {"ndcg@10": 0.5})],
+                         sections=[QuerySection("first", views(1)), QuerySection("second", views(-1))])
+    path = tmp_path / "two.html"
+    path.write_text(html, encoding="utf-8")
+    with open_report(path) as (page, errors, _):
+        assert page.locator("section.per-query").count() == 2
+        page.locator("section.per-query").nth(1).locator("button[data-sort=gain]").click()
+        assert query_order(page, 0) == ["q0", "q1", "q2", "q3", "q4"]  # untouched
+        assert query_order(page, 1) == ["q0", "q1", "q2", "q3", "q4"]  # second's gains fall with i
+        page.locator("section.per-query").nth(0).locator("button[data-sort=gain]").click()
+        assert query_order(page, 0) == ["q4", "q3", "q2", "q1", "q0"]
+        page.locator("section.per-query").nth(1).locator("button[data-sort=loss]").click()
+        assert query_order(page, 1) == ["q4", "q3", "q2", "q1", "q0"]
+        assert query_order(page, 0) == ["q4", "q3", "q2", "q1", "q0"]
+    assert errors == []

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from es_rerank.cli import cli
 
-from conftest import SAMPLE, drop
+from conftest import SAMPLE
 
 pytestmark = [pytest.mark.es, pytest.mark.both_engines]
 
@@ -84,21 +84,24 @@ def test_every_destructive_path_spares_the_decoys(node, decoys, cli_env, tmp_pat
 def test_eval_uses_its_own_namespaced_index(node, engine, decoys, cli_env, tmp_path):
     """A data folder named like another index, ES_RERANK_INDEX pointing at production, --reindex:
     the evaluation builds and rebuilds only its own es-rerank-eval-* index."""
+    from es_rerank.lifecycle import delete, list_owned
+
+    def ours():
+        return [i for i in list_owned(engine) if i.name.startswith("es-rerank-eval-x-decoy-prod-")]
+
+    for info in ours():  # left by an earlier session
+        delete(engine, info.name)
     data = _tiny_beir(tmp_path / "x,decoy-prod")
     env = dict(cli_env, ES_RERANK_INDEX="decoy-prod")
-    pattern = "es-rerank-eval-x-decoy-prod-*"
-    before = node.aliases(pattern)  # other runs' evaluation indices (other settings) may be there
-    for extra in ([], ["--reindex"]):
-        r = _run(env, "eval", "--data", str(data), "--depth", "5", "--final-k", "3", "--no-progress", *extra)
-        assert r.exit_code == 0, r.output
-        _survive(node)
-    after = node.aliases(pattern)
-    new = [index for index in after if index not in before]
-    assert len(new) == 1, (before, after)
-    (alias,) = after[new[0]]
-    # --reindex replaced the first build, it did not add a second
-    assert [index for index, aliases in after.items() if alias in aliases] == new
-    drop(engine, alias)
+    try:
+        for extra in ([], ["--reindex"]):
+            r = _run(env, "eval", "--data", str(data), "--depth", "5", "--final-k", "3", "--no-progress", *extra)
+            assert r.exit_code == 0, r.output
+            _survive(node)
+        assert len(ours()) == 1  # --reindex replaced the first build, it did not add a second
+    finally:
+        for info in ours():
+            delete(engine, info.name)
 
 
 def test_recreate_validates_everything_before_the_first_write(node, make_index, index_name, cli_env, tmp_path):

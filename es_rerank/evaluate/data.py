@@ -1,14 +1,20 @@
-"""Load an evaluation collection in BEIR layout, with errors that say what is wrong."""
+"""Load an evaluation collection in BEIR layout, with errors that say what is wrong.
+
+Also the BEIR convention for collections whose queries are themselves documents
+(:func:`own_document_rule`, :func:`drop_own_document`).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Sequence
 
 from ..errors import InputError
+from ..types import Hit
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +30,9 @@ class BeirData:
         qrels: Query id -> {document id -> relevance grade}.
         unknown_query_ids: Judged query ids missing from ``queries.jsonl`` (dropped).
         unknown_doc_ids: Judged document ids missing from ``corpus.jsonl`` (kept; counted).
+        query_ids_in_corpus: Judged query ids that are also corpus ids (ArguAna-style
+            collections, whose queries are themselves documents); empty when the corpus
+            was not scanned.
     """
 
     root: Path
@@ -32,6 +41,7 @@ class BeirData:
     qrels: dict[str, dict[str, int]]
     unknown_query_ids: tuple[str, ...] = field(default=())
     unknown_doc_ids: tuple[str, ...] = field(default=())
+    query_ids_in_corpus: tuple[str, ...] = field(default=())
 
     @property
     def corpus_path(self) -> Path:
@@ -44,7 +54,8 @@ def load_beir(root: str | Path, split: str = "test", *, check_corpus: bool = Tru
     Args:
         root: Folder in BEIR layout.
         split: Which qrels file to use. Defaults to ``test``.
-        check_corpus: Scan the corpus ids to count judged documents it lacks. Defaults to True.
+        check_corpus: Scan the corpus ids to count judged documents it lacks and to find
+            query ids that are also document ids. Defaults to True.
 
     Returns:
         The queries judged in the split and their judgments.
@@ -82,14 +93,16 @@ def load_beir(root: str | Path, split: str = "test", *, check_corpus: bool = Tru
     if not queries:
         raise InputError(f"{qrels_path}: no judged query of split {split!r} is in {queries_path.name}")
     unknown_d: tuple[str, ...] = ()
+    in_corpus: tuple[str, ...] = ()
     if check_corpus:
         ids = {str(obj["_id"]) for _, obj in _jsonl(corpus)}
         unknown_d = tuple(sorted({d for q in queries for d in qrels[q] if d not in ids}))
+        in_corpus = tuple(q for q in queries if q in ids)
     if unknown_q:
         logger.warning("%d judged query ids are not in queries.jsonl; they are left out", len(unknown_q))
     if unknown_d:
         logger.warning("%d judged document ids are not in corpus.jsonl", len(unknown_d))
-    return BeirData(root, split, queries, {q: qrels[q] for q in queries}, unknown_q, unknown_d)
+    return BeirData(root, split, queries, {q: qrels[q] for q in queries}, unknown_q, unknown_d, in_corpus)
 
 
 def _jsonl(path: Path):
@@ -114,3 +127,95 @@ def _jsonl(path: Path):
             if not isinstance(obj, dict) or "_id" not in obj:
                 raise InputError(f"{path}:{line_no}: expected a JSON object with an _id", path=str(path))
             yield line_no, obj
+
+
+# More than this share of the judged query ids must be corpus ids for the collection to be
+# read as one whose queries are documents; a few numeric ids colliding by chance are not.
+OWN_DOCUMENT_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class OwnDocumentRule:
+    """Whether each query's own document is dropped from its ranking before scoring.
+
+    BEIR's convention for collections whose queries are themselves corpus documents
+    (ArguAna, Quora, CQADupStack): a query's own document would rank first and is never
+    the answer, so it is removed from the ranking before the metrics are computed.
+    Without it, Recall@1 on such a collection is 0 for every setup.
+
+    Attributes:
+        exclude: Drop the own document.
+        automatic: True when decided from the data (no option given).
+        queries_in_corpus: Judged queries whose id is a corpus id.
+        queries: Judged queries.
+    """
+
+    exclude: bool
+    automatic: bool
+    queries_in_corpus: int
+    queries: int
+
+    def note(self, found: int | None = None) -> str:
+        """One sentence for the output ("" when no query id is a corpus id and nothing was asked).
+
+        Args:
+            found: Queries whose own document was among the candidates (and so was dropped).
+        """
+        n, m = self.queries_in_corpus, self.queries
+        if self.exclude:
+            why = (f"BEIR convention: {n} of {m} query ids are corpus ids, so queries are documents here; "
+                   "--keep-self keeps them" if self.automatic else "--exclude-self")
+            text = f"Each query's own document was dropped from its ranking before scoring ({why})."
+            if found is not None:
+                text += f" {found} of {m} queries had their own document among the candidates."
+            return text
+        if n == 0:
+            return ""
+        if self.automatic:
+            return (f"{n} of {m} query ids are also corpus ids, too few to read the queries as documents; "
+                    "their own documents were kept in the rankings (--exclude-self drops them).")
+        return (f"Each query's own document was kept in its ranking (--keep-self), though {n} of {m} query ids "
+                "are corpus ids.")
+
+    def to_dict(self, found: int | None = None) -> dict[str, Any]:
+        return {"exclude": self.exclude, "automatic": self.automatic, "queries_in_corpus": self.queries_in_corpus,
+                "queries": self.queries, "found": found, "note": self.note(found)}
+
+
+def own_document_rule(data: BeirData, exclude: bool | None = None) -> OwnDocumentRule:
+    """Decide whether to drop each query's own document from its ranking.
+
+    Args:
+        data: The collection (loaded with ``check_corpus=True`` for the automatic rule).
+        exclude: True or False to decide; None (default) decides from the data: on when
+            more than half of the judged query ids are corpus ids.
+
+    Example:
+        >>> d = BeirData(Path("."), "test", {"a": "x", "b": "y"}, {"a": {"c": 1}, "b": {"c": 1}},
+        ...              query_ids_in_corpus=("a", "b"))
+        >>> own_document_rule(d).exclude, own_document_rule(d, False).exclude
+        (True, False)
+    """
+    n, m = len(data.query_ids_in_corpus), len(data.queries)
+    if exclude is None:
+        return OwnDocumentRule(m > 0 and n / m > OWN_DOCUMENT_SHARE, True, n, m)
+    return OwnDocumentRule(bool(exclude), False, n, m)
+
+
+def drop_own_document(query_id: str, hits: Sequence[Hit]) -> tuple[list[Hit], bool]:
+    """``hits`` without the chunks of the document whose id is ``query_id``, ranks renumbered.
+
+    Returns:
+        The remaining hits (retrieval ranks 1..n again, scores kept) and whether any was dropped.
+
+    Example:
+        >>> hits = [Hit(f"{d}#0", d, 0, "", "", {}, 1.0 / r, r) for r, d in enumerate(["q1", "d2", "d3"], 1)]
+        >>> kept, dropped = drop_own_document("q1", hits)
+        >>> [(h.doc_id, h.retrieval_rank) for h in kept], dropped
+        ([('d2', 1), ('d3', 2)], True)
+    """
+    kept = [h for h in hits if h.doc_id != query_id]
+    if len(kept) == len(hits):
+        return list(hits), False
+    return [h if h.retrieval_rank == rank else replace(h, retrieval_rank=rank)
+            for rank, h in enumerate(kept, start=1)], True

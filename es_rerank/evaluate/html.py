@@ -41,11 +41,13 @@ class TableRow:
         setup: Setup name (e.g. ``hybrid+cross-encoder``).
         metrics: Metric name -> mean value.
         comparison: This setup against the baseline (None for the baseline itself).
+        notes: Column name -> text shown as is after the metrics (e.g. latency). Defaults to none.
     """
 
     setup: str
     metrics: Mapping[str, float]
     comparison: PairedComparison | None = None
+    notes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,21 @@ class QueryView:
     @property
     def delta(self) -> float:
         return self.setup_value - self.baseline_value
+
+
+@dataclass(frozen=True)
+class QuerySection:
+    """One per-query comparison: the baseline's lists against one setup's, for every query.
+
+    Attributes:
+        setup: Name of the compared setup (heading of the right-hand lists).
+        views: One per query, shown in this order and sortable by gain or loss.
+        baseline: Name of the baseline (heading of the left-hand lists). Defaults to ``hybrid``.
+    """
+
+    setup: str
+    views: Sequence[QueryView]
+    baseline: str = "hybrid"
 
 
 def query_views(
@@ -155,26 +172,28 @@ dl.env { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; c
 dl.env dt { font-weight: 600; } dl.env dd { margin: 0; }
 """.strip()
 
-# Reorders the query list in place; keys come from data-* attributes written by Python.
+# Reorders each section's query list in place; keys come from data-* attributes written by Python.
 _JS = """
 (function () {
-  var list = document.getElementById("queries");
-  if (!list) { return; }
-  var buttons = document.querySelectorAll("button[data-sort]");
-  function sortBy(key) {
-    var items = Array.prototype.slice.call(list.children);
-    items.sort(function (a, b) {
-      var da = parseFloat(a.dataset.delta), db = parseFloat(b.dataset.delta);
-      var ia = parseInt(a.dataset.index, 10), ib = parseInt(b.dataset.index, 10);
-      if (key === "gain" && da !== db) { return db - da; }
-      if (key === "loss" && da !== db) { return da - db; }
-      return ia - ib;
-    });
-    items.forEach(function (item) { list.appendChild(item); });
-    buttons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.dataset.sort === key)); });
-    list.dataset.sorted = key;
-  }
-  buttons.forEach(function (b) { b.addEventListener("click", function () { sortBy(b.dataset.sort); }); });
+  document.querySelectorAll("section.per-query").forEach(function (section) {
+    var list = section.querySelector("ol.queries");
+    if (!list) { return; }
+    var buttons = section.querySelectorAll("button[data-sort]");
+    function sortBy(key) {
+      var items = Array.prototype.slice.call(list.children);
+      items.sort(function (a, b) {
+        var da = parseFloat(a.dataset.delta), db = parseFloat(b.dataset.delta);
+        var ia = parseInt(a.dataset.index, 10), ib = parseInt(b.dataset.index, 10);
+        if (key === "gain" && da !== db) { return db - da; }
+        if (key === "loss" && da !== db) { return da - db; }
+        return ia - ib;
+      });
+      items.forEach(function (item) { list.appendChild(item); });
+      buttons.forEach(function (b) { b.setAttribute("aria-pressed", String(b.dataset.sort === key)); });
+      list.dataset.sorted = key;
+    }
+    buttons.forEach(function (b) { b.addEventListener("click", function () { sortBy(b.dataset.sort); }); });
+  });
 })();
 """.strip()
 
@@ -200,10 +219,14 @@ def _table(rows: Sequence[TableRow], metric: str, baseline: str) -> str:
     names: list[str] = []
     for row in rows:
         names += [m for m in row.metrics if m not in names]
+    notes: list[str] = []
+    for row in rows:
+        notes += [n for n in row.notes if n not in notes]
     with_stats = any(r.comparison is not None for r in rows)
     head = ["Setup", *names]
     if with_stats:
         head += [f"Δ {metric} vs {baseline}", "95% CI of Δ", "wins / ties / losses", "CI excludes 0"]
+    head += notes
     out = ['<table class="metrics">', "<thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead>", "<tbody>"]
     for row in rows:
         cells = [f"<td>{_e(row.setup)}</td>"]
@@ -217,6 +240,7 @@ def _table(rows: Sequence[TableRow], metric: str, baseline: str) -> str:
             verdict = "yes (better)" if c.better else "yes (worse)" if c.excludes_zero else "no"
             cells += [f'<td class="{_delta_class(c.mean_delta)}">{_e(format(c.mean_delta, "+.4f"))}</td>',
                       f"<td>{_e(ci)}</td>", f"<td>{c.wins} / {c.ties} / {c.losses}</td>", f"<td>{_e(verdict)}</td>"]
+        cells += [f"<td>{_e(row.notes.get(n, '—'))}</td>" for n in notes]
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</tbody>", "</table>"]
     return "\n".join(out)
@@ -260,6 +284,27 @@ def _query(view: QueryView, index: int, *, baseline: str, setup: str, metric: st
     )
 
 
+def _section(section: QuerySection, *, metric: str, limit: int) -> str:
+    views = section.views
+    gains = sum(1 for v in views if v.delta >= 1e-12)
+    losses = sum(1 for v in views if v.delta <= -1e-12)
+    return "\n".join([
+        '<section class="per-query">',
+        f"<h2>Per query: {_e(section.baseline)} vs {_e(section.setup)}</h2>",
+        (f'<p class="summary">{len(views)} queries: {gains} gain, {len(views) - gains - losses} unchanged, '
+         f"{losses} lose on {_e(metric)}. Highlighted documents are judged relevant.</p>"),
+        ('<div class="controls">Sort: '
+         '<button type="button" data-sort="gain" aria-pressed="false">largest gain first</button>'
+         '<button type="button" data-sort="loss" aria-pressed="false">largest loss first</button>'
+         '<button type="button" data-sort="order" aria-pressed="true">query order</button></div>'),
+        '<ol class="queries" data-sorted="order">',
+        *(_query(v, i, baseline=section.baseline, setup=section.setup, metric=metric, limit=limit)
+          for i, v in enumerate(views)),
+        "</ol>",
+        "</section>",
+    ])
+
+
 def render_report(
     *,
     title: str,
@@ -272,6 +317,7 @@ def render_report(
     setup: str = "reranked",
     environment: Mapping[str, Any] | None = None,
     top: int = 10,
+    sections: Sequence[QuerySection] = (),
 ) -> str:
     """Render the report as one self-contained HTML page.
 
@@ -280,13 +326,15 @@ def render_report(
         metric: The metric the paired statistics and per-query values are about.
         rows: The metric table, one row per setup.
         queries: Per-query views (baseline order vs setup order), shown in this order
-            and sortable by gain or loss. Defaults to none.
+            and sortable by gain or loss: the first section. Defaults to none.
         plots: Images to embed. Defaults to none.
         summary: Sentences shown under the title (e.g. the recommendation). Defaults to none.
         baseline: Name of the baseline in headings. Defaults to ``hybrid``.
-        setup: Name of the compared setup in the per-query view. Defaults to ``reranked``.
+        setup: Name of the compared setup of ``queries``. Defaults to ``reranked``.
         environment: Where and with what the numbers were produced. Defaults to none.
         top: Documents shown per list. Defaults to 10.
+        sections: Further per-query comparisons (one per reranker, say), each sortable on
+            its own. Defaults to none.
 
     Returns:
         The HTML text (UTF-8, no external resources).
@@ -315,21 +363,8 @@ def render_report(
     ]
     if plots:
         parts += ["<h2>Plots</h2>", *(_plot(p) for p in plots)]
-    if queries:
-        gains = sum(1 for v in queries if v.delta >= 1e-12)
-        losses = sum(1 for v in queries if v.delta <= -1e-12)
-        parts += [
-            f"<h2>Per query: {_e(baseline)} vs {_e(setup)}</h2>",
-            (f'<p class="summary">{len(queries)} queries: {gains} gain, {len(queries) - gains - losses} unchanged, '
-             f"{losses} lose on {_e(metric)}. Highlighted documents are judged relevant.</p>"),
-            ('<div class="controls">Sort: '
-             '<button type="button" data-sort="gain" aria-pressed="false">largest gain first</button>'
-             '<button type="button" data-sort="loss" aria-pressed="false">largest loss first</button>'
-             '<button type="button" data-sort="order" aria-pressed="true">query order</button></div>'),
-            '<ol class="queries" id="queries" data-sorted="order">',
-            *(_query(v, i, baseline=baseline, setup=setup, metric=metric, limit=top) for i, v in enumerate(queries)),
-            "</ol>",
-        ]
+    all_sections = ([QuerySection(setup, queries, baseline)] if queries else []) + list(sections)
+    parts += [_section(x, metric=metric, limit=top) for x in all_sections if x.views]
     if environment:
         parts += ["<h2>Environment</h2>", '<dl class="env">',
                   *(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in environment.items()), "</dl>"]
@@ -337,11 +372,12 @@ def render_report(
     return "\n".join(parts)
 
 
-def plot_tune(result: Any) -> bytes:
+def plot_tune(result: Any, models: Mapping[str, str] | None = None) -> bytes:
     """PNG of a :class:`~es_rerank.evaluate.tune.TuneResult`: mean metric against depth per blend.
 
-    One panel per reranker; a line per blend (``none``, ``rrf``, and ``linear`` at its best
-    alpha per depth); the hybrid baseline as a dashed line.
+    One panel per reranker (titled with its model when ``models`` names it); a line per
+    blend (``none``, ``rrf``, and ``linear`` at its best alpha per depth); the hybrid
+    baseline as a dashed line. The metric axis spans 0 to 1.
     """
     import matplotlib
 
@@ -364,7 +400,9 @@ def plot_tune(result: Any) -> bytes:
         ax.set_xlabel("depth (candidates reranked)")
         ax.set_ylabel(result.metric)
         ax.set_xticks(depths)
-        ax.set_title(name)
+        ax.set_ylim(0.0, 1.05)
+        model = (models or {}).get(name)
+        ax.set_title(name if not model else f"{name} ({model})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     buf = io.BytesIO()

@@ -51,8 +51,13 @@ def _load_exported(backend: str, model: str, kind: str, *, batch_size: int, max_
     folder = model_folder(model, backend)
     source, label = model_source(folder, backend, kind)
     try:
-        session = OpenVinoSession(source) if backend.startswith("openvino") else OnnxSession(source)
-    except ModelError:
+        if backend.startswith("openvino"):
+            session = OpenVinoSession(source)
+        elif source is None:
+            session = OnnxSession.from_bert_weights(folder, kind=kind)
+        else:
+            session = OnnxSession(source)
+    except (ModelError, ConfigError):
         raise
     except Exception as e:  # a runtime rejecting the file
         raise ModelError(f"{backend} could not load {folder}/{label}: {e}") from e

@@ -89,8 +89,9 @@ def model_folder(model: str, backend: str) -> Path:
     return folder
 
 
-def model_source(folder: Path, backend: str, kind: str) -> tuple[Path | bytes, str]:
-    """The model file for ``backend`` in ``folder`` (or an ONNX graph built in memory), and a label.
+def model_source(folder: Path, backend: str, kind: str) -> tuple[Path | None, str]:
+    """The model file for ``backend`` in ``folder`` and a label; None when the ``onnx`` backend
+    is to build the graph from the folder's safetensors weights in memory.
 
     Raises:
         ModelError: No usable file, with the export command that makes one.
@@ -98,11 +99,8 @@ def model_source(folder: Path, backend: str, kind: str) -> tuple[Path | bytes, s
     for name in MODEL_FILES[backend]:
         if (folder / name).is_file():
             return folder / name, name
-    if backend == "onnx" and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
-        from .bert_onnx import build_bert_onnx
-
-        logger.info("building an ONNX graph from %s/model.safetensors", folder)
-        return build_bert_onnx(folder, kind=kind).SerializeToString(), "model.safetensors"
+    if backend == "onnx" and any(folder.glob("*.safetensors")) and (folder / "config.json").is_file():
+        return None, "model.safetensors"
     wanted = " or ".join(MODEL_FILES[backend])
     raise ModelError(f"{folder} has no {wanted}: create it with `{EXPORT_HINT[backend]}` "
                         "(or use a torch backend: pip install 'es-rerank[torch]')")

@@ -22,6 +22,24 @@ logger = logging.getLogger(__name__)
 Feed = Mapping[str, np.ndarray]
 
 
+def _onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ModelError("the ONNX backends need onnxruntime: pip install onnxruntime") from e
+    return ort
+
+
+def _options(threads: int | None):
+    """One intra-op pool sized to the cores, no inter-op pool (the graph is sequential)."""
+    ort = _onnxruntime()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
 class OnnxSession:
     """ONNX Runtime on the CPU: one intra-op pool sized to the cores, no inter-op pool.
 
@@ -33,17 +51,20 @@ class OnnxSession:
     parallel_batches = 1
 
     def __init__(self, model: str | Path | bytes, *, threads: int | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ModelError("the ONNX backends need onnxruntime: pip install onnxruntime") from e
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        ort = _onnxruntime()
         source = model if isinstance(model, bytes) else str(model)
-        self._session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(source, _options(threads), providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self._session.get_inputs()]
+
+    @classmethod
+    def from_bert_weights(cls, folder: str | Path, *, kind: str, threads: int | None = None) -> "OnnxSession":
+        """A session on a BERT folder's safetensors weights, its graph built in memory (no torch, no file)."""
+        from .bert_onnx import open_bert_session
+
+        self = cls.__new__(cls)
+        self._session = open_bert_session(folder, kind=kind, options=_options(threads))
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        return self
 
     def run(self, feed: Feed) -> np.ndarray:
         return self._session.run(None, dict(feed))[0]
