@@ -233,3 +233,21 @@ def test_unknown_engine_is_refused():
 
     with pytest.raises(ConfigError, match="engine must be one of elasticsearch, opensearch, got 'solr'"):
         engine_class("solr")
+
+
+@pytest.mark.parametrize("error,expected", [
+    # OpenSearch 3.5.0, an empty metadata field name (as the node answered it)
+    ({"type": "mapper_parsing_exception", "reason": "failed to parse",
+      "caused_by": {"type": "illegal_argument_exception", "reason": "field name cannot be an empty string"}},
+     "failed to parse: field name cannot be an empty string"),
+    # Elasticsearch 9.2.8, the same document: the cause is already in the reason
+    ({"type": "document_parsing_exception", "reason": "[1:14] failed to parse: field name cannot be an empty string",
+      "caused_by": {"type": "illegal_argument_exception", "reason": "field name cannot be an empty string"}},
+     "[1:14] failed to parse: field name cannot be an empty string"),
+    ({"type": "es_rejected_execution_exception", "reason": "rejected execution of TimedRunnable"},
+     "rejected execution of TimedRunnable"),
+    ({"type": "version_conflict_engine_exception"}, "version_conflict_engine_exception"),
+    ("a plain string", "a plain string"),
+])
+def test_item_error_keeps_the_cause(error, expected):
+    assert Engine.item_error(error) == expected
