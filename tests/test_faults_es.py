@@ -151,7 +151,6 @@ def test_secrets_never_in_output_or_logs(cli_env, engine_name, caplog, tmp_path)
     assert secret_pw not in text and secret_key not in text
 
 
-
 # -- a spare node of the engine under test, which these tests may stop, start and overload -----------
 
 def _write_pool(engine) -> tuple[int, int]:
