@@ -960,4 +960,45 @@ def export_onnx_cmd(ctx, model, out_dir, kind, quantize, openvino, calibration_q
     _echo(f"use it with {var}_MODEL={out_dir} {var}_BACKEND={backend}")
 
 
+
+# -- serve -----------------------------------------------------------------------------------
+
+@cli.command("serve")
+@shared_options
+@setting_option("serve_host", "--host")
+@setting_option("serve_port", "--port")
+@setting_option("serve_queue", "--queue")
+@setting_option("serve_timeout", "--timeout")
+@setting_option("serve_max_body", "--max-body")
+@setting_option("serve_max_window", "--max-window")
+@setting_option("serve_batch_wait_ms", "--batch-wait-ms")
+@setting_option("reranker", "--reranker", "reranker_kind")
+@click.option("--no-warm-up", is_flag=True, help="Load the models at the first request instead of before listening.")
+@click.pass_context
+@_fail_cleanly
+def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max_body, serve_max_window,
+              serve_batch_wait_ms, reranker_kind, no_warm_up):
+    """Serve Elasticsearch's API with local reranking, in front of the cluster at ES_URL.
+
+    Point any Elasticsearch client at http://HOST:PORT: a search whose retriever is a
+    text_similarity_reranker is reranked here, POST /_inference/rerank/{cross-encoder|llm|listwise}
+    scores documents, and every other request passes through unchanged. Each caller's own
+    Authorization goes to the cluster; ES_API_KEY / ES_USERNAME are not used.
+    """
+    from .server import is_loopback, serve
+
+    s = _settings(ctx, serve_host=serve_host, serve_port=serve_port, serve_queue=serve_queue,
+                  serve_timeout=serve_timeout, serve_max_body=serve_max_body, serve_max_window=serve_max_window,
+                  serve_batch_wait_ms=serve_batch_wait_ms, reranker=reranker_kind)
+    if s.api_key is not None or s.username is not None:
+        _echo("note: serve ignores ES_API_KEY / ES_USERNAME: each caller's own credentials go to the cluster",
+              err=True)
+    where = f"[{s.serve_host}]" if ":" in s.serve_host else s.serve_host
+    public = "" if is_loopback(s.serve_host) else " [NOT loopback]"
+    _echo(f"es-rerank serve: http://{where}:{s.serve_port} -> {s.safe_url} (reranker {s.reranker}, "
+          f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s){public}", err=True)
+    verbose = (ctx.find_root().obj or {}).get("verbose", 0)
+    serve(s, warm_up=not no_warm_up, log_level="warning" if not verbose else "info" if verbose == 1 else "debug")
+
+
 __all__ = ["cli", "main", "setting_option", "shared_options", "parse_filters"]

@@ -163,6 +163,9 @@ class Settings:
     serve_timeout: float = _setting(30.0, "ES_RERANK_SERVE_TIMEOUT", "seconds a `serve` request may take")
     serve_max_body: int = _setting(10_000_000, "ES_RERANK_SERVE_MAX_BODY", "largest request body `serve` accepts "
                                    "(bytes)")
+    serve_max_window: int = _setting(1000, "ES_RERANK_SERVE_MAX_WINDOW",
+                                     "largest `rank_window_size` (and rerank inference `input` list) `serve` "
+                                     "accepts")
     serve_batch_wait_ms: float = _setting(5.0, "ES_RERANK_SERVE_BATCH_WAIT_MS",
                                           "how long `serve` waits to batch pairs of concurrent requests; `0` off")
 
@@ -197,7 +200,7 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise bad(name, f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("embed_batch_size", "rerank_batch_size", "max_document_chars", "llm_concurrency",
-                     "serve_queue", "serve_max_body"):
+                     "serve_queue", "serve_max_body", "serve_max_window"):
             if getattr(self, name) < 1:
                 raise bad(name, f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.serve_port <= 65535:

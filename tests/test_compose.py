@@ -35,7 +35,7 @@ def _config(path: Path, *profiles: str) -> subprocess.CompletedProcess:
     return subprocess.run([*args, "config"], capture_output=True, text=True, cwd=path.parent, timeout=60)
 
 
-@pytest.fixture(scope="module", params=[(), ("opensearch",)], ids=["default", "opensearch"])
+@pytest.fixture(scope="module", params=[(), ("opensearch",), ("serve",)], ids=["default", "opensearch", "serve"])
 def config(request) -> dict:
     proc = _config(COMPOSE, *request.param)
     assert proc.returncode == 0, proc.stderr
@@ -56,9 +56,10 @@ def _ports(service: dict) -> list[tuple[str, str, str]]:
 
 def test_services_and_profiles(config):
     services = config["services"]
-    assert set(services) == {"elasticsearch", "opensearch"}
+    assert set(services) == {"elasticsearch", "opensearch", "serve"}
     assert "profiles" not in services["elasticsearch"]  # the default: `docker compose up` starts it
     assert services["opensearch"]["profiles"] == ["opensearch"]
+    assert services["serve"]["profiles"] == ["serve"]
 
 
 def test_image_tags_follow_versions(config):
@@ -76,7 +77,8 @@ def test_every_port_binds_loopback_only(config):
             assert host_ip == "127.0.0.1", f"{name} publishes {host_port} on {host_ip or 'all addresses'}"
         published[name] = [(p[1], p[2]) for p in ports]
     # both can run side by side
-    assert published == {"elasticsearch": [("9200", "9200")], "opensearch": [("9202", "9200")]}
+    assert published == {"elasticsearch": [("9200", "9200")], "opensearch": [("9202", "9200")],
+                         "serve": [("9201", "9201")]}
 
 
 def test_opensearch_is_a_plain_local_single_node(config):

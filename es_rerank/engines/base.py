@@ -442,10 +442,20 @@ class Engine(ABC):
         """Search body for BM25 alone."""
         return {"size": size, "query": self.bm25_query(query, clauses), "_source": list(source)}
 
-    @abstractmethod
     def knn_body(self, vector: Sequence[float], *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
                  source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
-        """Search body for approximate kNN alone, under the same filter clauses."""
+        """Search body for approximate kNN alone over the chunks' vectors, under the filter clauses."""
+        return self.knn_search_body(vector, size=size, k=size, clauses=clauses, source=list(source))
+
+    @abstractmethod
+    def knn_search_body(self, vector: Sequence[float], *, size: int, k: int, field: str = VECTOR_FIELD,
+                        num_candidates: int | None = None, clauses: Sequence[Mapping[str, Any]] = (),
+                        similarity: float | None = None, source: Any = None) -> dict[str, Any]:
+        """A kNN search body in this engine's syntax (any vector field; ``source`` None: whole ``_source``).
+
+        Raises:
+            ValidationError: An option this engine's kNN search does not take.
+        """
 
     @abstractmethod
     def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,

@@ -87,21 +87,31 @@ class ElasticsearchEngine(Engine):
     # -- request bodies ----------------------------------------------------------------------
 
     @staticmethod
-    def knn_clause(vector: Sequence[float], *, k: int, clauses: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-        """The ``knn`` clause over the embedding field, under the filter clauses."""
+    def knn_clause(vector: Sequence[float], *, k: int, clauses: Sequence[Mapping[str, Any]] = (),
+                   field: str = VECTOR_FIELD, num_candidates: int | None = None,
+                   similarity: float | None = None) -> dict[str, Any]:
+        """The ``knn`` clause (a vector field, by default the chunks'), under the filter clauses."""
         clause: dict[str, Any] = {
-            "field": VECTOR_FIELD,
+            "field": field,
             "query_vector": [float(x) for x in vector],
             "k": k,
-            "num_candidates": num_candidates_for(k),
+            "num_candidates": num_candidates_for(k) if num_candidates is None else num_candidates,
         }
         if clauses:
             clause["filter"] = [dict(c) for c in clauses]
+        if similarity is not None:
+            clause["similarity"] = similarity
         return clause
 
-    def knn_body(self, vector: Sequence[float], *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
-                 source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
-        return {"size": size, "knn": self.knn_clause(vector, k=size, clauses=clauses), "_source": list(source)}
+    def knn_search_body(self, vector: Sequence[float], *, size: int, k: int, field: str = VECTOR_FIELD,
+                        num_candidates: int | None = None, clauses: Sequence[Mapping[str, Any]] = (),
+                        similarity: float | None = None, source: Any = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"size": size, "knn": self.knn_clause(vector, k=k, clauses=clauses, field=field,
+                                                                     num_candidates=num_candidates,
+                                                                     similarity=similarity)}
+        if source is not None:
+            body["_source"] = source
+        return body
 
     def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
                     clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:

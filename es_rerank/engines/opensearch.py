@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from ..errors import ClusterError
+from ..errors import ClusterError, ValidationError
 from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine
 
 logger = logging.getLogger(__name__)
@@ -86,16 +86,24 @@ class OpenSearchEngine(Engine):
     # -- request bodies ----------------------------------------------------------------------
 
     @staticmethod
-    def knn_query(vector: Sequence[float], *, k: int, clauses: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-        """The ``knn`` query over the embedding field; filters apply during the HNSW search."""
+    def knn_query(vector: Sequence[float], *, k: int, clauses: Sequence[Mapping[str, Any]] = (),
+                  field: str = VECTOR_FIELD) -> dict[str, Any]:
+        """The ``knn`` query over a vector field (by default the chunks'); filters apply during the search."""
         spec: dict[str, Any] = {"vector": [float(x) for x in vector], "k": k}
         if clauses:
             spec["filter"] = {"bool": {"filter": [dict(c) for c in clauses]}}
-        return {"knn": {VECTOR_FIELD: spec}}
+        return {"knn": {field: spec}}
 
-    def knn_body(self, vector: Sequence[float], *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
-                 source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
-        return {"size": size, "query": self.knn_query(vector, k=size, clauses=clauses), "_source": list(source)}
+    def knn_search_body(self, vector: Sequence[float], *, size: int, k: int, field: str = VECTOR_FIELD,
+                        num_candidates: int | None = None, clauses: Sequence[Mapping[str, Any]] = (),
+                        similarity: float | None = None, source: Any = None) -> dict[str, Any]:
+        # num_candidates has no counterpart: the Lucene engine searches max(k, 100) candidates
+        if similarity is not None:
+            raise ValidationError("[knn.similarity] is not supported on OpenSearch: leave it out", field="similarity")
+        body: dict[str, Any] = {"size": size, "query": self.knn_query(vector, k=k, clauses=clauses, field=field)}
+        if source is not None:
+            body["_source"] = source
+        return body
 
     def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
                     clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:

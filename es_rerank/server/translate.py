@@ -1,0 +1,742 @@
+"""Pure translation between Elasticsearch's request and response shapes and es-rerank's steps.
+
+No I/O here: the parsers turn a ``_search`` body whose retriever is a
+``text_similarity_reranker`` (or an inference request) into frozen records and raise
+:class:`~es_rerank.server.errors.ApiError` (400, naming the field) for anything malformed;
+the builders turn those records into the request bodies sent to the cluster, and the
+results back into Elasticsearch's response JSON. Everything is tested by exact equality.
+
+Supported, as Elasticsearch documents them:
+
+* ``text_similarity_reranker``: ``retriever``, ``field``, ``inference_text``,
+  ``inference_id``, ``rank_window_size`` (default 10), ``min_score``, ``filter``;
+* child retrievers: ``standard`` (``query``, ``filter``, ``min_score``), ``knn`` (``field``,
+  ``k``, ``num_candidates``, ``query_vector`` or ``query_vector_builder.text_embedding.model_text``,
+  ``similarity``, ``filter``) and ``rrf`` (``retrievers``, ``rank_constant`` (default 60),
+  ``rank_window_size`` (default: the parent's window), ``filter``), nested freely;
+* top level: ``size`` (default ``min(10, rank_window_size)``), ``from``, ``_source``, ``explain``.
+
+Example:
+    >>> body = {"retriever": {"text_similarity_reranker": {
+    ...     "retriever": {"standard": {"query": {"match": {"text": "refund"}}}},
+    ...     "field": "text", "inference_text": "refund", "rank_window_size": 20}}, "size": 3}
+    >>> spec = parse_search(body)
+    >>> spec.window, spec.size, spec.child
+    (20, 3, Standard(query={'match': {'text': 'refund'}}, filters=(), min_score=None))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
+
+from ..engines.base import MAX_NUM_CANDIDATES
+from ..types import Hit
+from .errors import ApiError, bad_request
+
+if TYPE_CHECKING:
+    from ..engines import Engine
+
+RERANKER = "text_similarity_reranker"
+DEFAULT_WINDOW = 10  # Elasticsearch's default rank_window_size
+DEFAULT_SIZE = 10
+DEFAULT_RANK_CONSTANT = 60
+DEFAULT_MAX_WINDOW = 1000
+"""Largest ``rank_window_size`` (and inference ``input`` list) accepted: every candidate is
+one cross-encoder pair, and 1,000 pairs already take seconds on a CPU."""
+
+SEARCH_KEYS = ("retriever", "size", "from", "_source", "explain")
+SEARCH_PARAMS = ("size", "from", "explain", "_source", "_source_includes", "_source_excludes",
+                 "rest_total_hits_as_int", "pretty", "human", "error_trace", "typed_keys")
+RERANKER_KEYS = ("retriever", "field", "inference_text", "inference_id", "rank_window_size", "min_score", "filter",
+                 "_name")
+STANDARD_KEYS = ("query", "filter", "min_score", "_name")
+KNN_KEYS = ("field", "k", "num_candidates", "query_vector", "query_vector_builder", "similarity", "filter", "_name")
+RRF_KEYS = ("retrievers", "rank_constant", "rank_window_size", "filter", "_name")
+INFERENCE_KEYS = ("query", "input", "return_documents", "top_n", "task_settings")
+
+
+# -- records ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What of ``_source`` the caller wants back.
+
+    Attributes:
+        enabled: False for ``"_source": false``.
+        includes: Field patterns to keep (empty: all).
+        excludes: Field patterns to drop.
+    """
+
+    enabled: bool = True
+    includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Standard:
+    """A ``standard`` retriever: the caller's own query DSL, sent as it is."""
+
+    query: Mapping[str, Any] | None
+    filters: tuple[Mapping[str, Any], ...] = ()
+    min_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Knn:
+    """A ``knn`` retriever; ``text`` is embedded by the server when no ``vector`` is given."""
+
+    field: str
+    k: int
+    num_candidates: int
+    vector: tuple[float, ...] | None = None
+    text: str | None = None
+    similarity: float | None = None
+    filters: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Rrf:
+    """An ``rrf`` retriever over child retrievers."""
+
+    children: tuple["Node", ...]
+    rank_constant: int = DEFAULT_RANK_CONSTANT
+    window: int = DEFAULT_WINDOW
+
+
+Node = Union[Standard, Knn, Rrf]
+
+
+@dataclass(frozen=True)
+class RerankSearch:
+    """A ``_search`` whose retriever is a ``text_similarity_reranker``.
+
+    Attributes:
+        child: The retriever whose results are reranked.
+        field: The field whose text the reranker reads.
+        query: ``inference_text``, stripped.
+        inference_id: Which reranker (None: the configured default).
+        window: ``rank_window_size``: candidates reranked.
+        min_score: Hits scoring below it are dropped (None: keep all).
+        size: Hits returned.
+        start: ``from``: hits skipped.
+        source: The caller's ``_source`` filter.
+        explain: Add ``_explanation`` (retrieval rank and score) to each hit.
+        total_as_int: ``rest_total_hits_as_int``: ``hits.total`` as a number.
+        pretty: Indent the JSON answer.
+    """
+
+    child: Node
+    field: str
+    query: str
+    inference_id: str | None
+    window: int
+    min_score: float | None = None
+    size: int = DEFAULT_SIZE
+    start: int = 0
+    source: SourceSpec = field(default_factory=SourceSpec)
+    explain: bool = False
+    total_as_int: bool = False
+    pretty: bool = False
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """``POST /_inference/rerank/{id}``: score each input against the query."""
+
+    query: str
+    inputs: tuple[str, ...]
+    return_documents: bool = False
+    top_n: int | None = None
+
+
+# -- small validators -----------------------------------------------------------------------
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, Mapping) else type(value).__name__
+
+
+def _parse_error(path: str, problem: str) -> ApiError:
+    return bad_request(f"[{path}] {problem}", type="x_content_parse_exception")
+
+
+def _obj(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _parse_error(path, f"must be an object, got {_type_name(value)}")
+    return value
+
+
+def _only(obj: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
+    unknown = [k for k in obj if k not in allowed]
+    if unknown:
+        raise _parse_error(path, f"unknown field [{unknown[0]}]; es-rerank supports: {', '.join(allowed)}")
+
+
+def _int(value: Any, path: str, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise _parse_error(path, f"must be an integer, got {_type_name(value)} {json.dumps(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise bad_request(f"[{path}] must be {bounds}, got {value}")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _parse_error(path, f"must be a finite number, got {_type_name(value)} {json.dumps(value)}")
+    return float(value)
+
+
+def _text(value: Any, path: str, *, blank_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _parse_error(path, f"must be a string, got {_type_name(value)}")
+    if not blank_ok and not value.strip():
+        raise bad_request(f"[{path}] must not be empty")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in ("true", "false", ""):
+        return value != "false"
+    raise _parse_error(path, f"must be true or false, got {json.dumps(value)}")
+
+
+def _filters(value: Any, path: str) -> tuple[Mapping[str, Any], ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    return tuple(dict(_obj(item, path)) for item in items)
+
+
+# -- parsing --------------------------------------------------------------------------------
+
+def is_rerank_search(body: Any) -> bool:
+    """Whether a ``_search`` body's retriever is a ``text_similarity_reranker`` (ours to answer)."""
+    return isinstance(body, Mapping) and isinstance(body.get("retriever"), Mapping) and RERANKER in body["retriever"]
+
+
+def parse_source(value: Any, path: str = "_source") -> SourceSpec:
+    """``_source`` as Elasticsearch accepts it: a boolean, a pattern, a list, or includes/excludes."""
+    if value is None:
+        return SourceSpec()
+    if isinstance(value, bool):
+        return SourceSpec(enabled=value)
+
+    def patterns(v: Any, where: str) -> tuple[str, ...]:
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
+            raise _parse_error(where, f"must be a string or an array of strings, got {_type_name(v)}")
+        return tuple(items)
+
+    if isinstance(value, (str, list)):
+        return SourceSpec(includes=patterns(value, path))
+    obj = _obj(value, path)
+    _only(obj, ("includes", "include", "excludes", "exclude"), path)
+    includes = obj.get("includes", obj.get("include", []))
+    excludes = obj.get("excludes", obj.get("exclude", []))
+    return SourceSpec(includes=patterns(includes, f"{path}.includes"), excludes=patterns(excludes, f"{path}.excludes"))
+
+
+def _source_params(params: Mapping[str, str]) -> SourceSpec | None:
+    if not any(k in params for k in ("_source", "_source_includes", "_source_excludes")):
+        return None
+
+    def split(raw: str) -> tuple[str, ...]:
+        return tuple(p for p in raw.split(",") if p)
+
+    raw = params.get("_source")
+    enabled, includes = True, ()
+    if raw in ("true", "false"):
+        enabled = raw == "true"
+    elif raw is not None:
+        includes = split(raw)
+    if "_source_includes" in params:
+        includes = split(params["_source_includes"])
+    return SourceSpec(enabled, includes, split(params.get("_source_excludes", "")))
+
+
+def parse_retriever(value: Any, path: str, *, window: int, max_window: int,
+                    inherited: tuple[Mapping[str, Any], ...] = ()) -> Node:
+    """One retriever object (``{"standard": {...}}``, ``{"knn": ...}`` or ``{"rrf": ...}``).
+
+    Args:
+        value: The retriever object.
+        path: Where it is in the body (for messages).
+        window: Results the parent takes from it (an ``rrf``'s default window).
+        max_window: Largest ``rank_window_size`` accepted.
+        inherited: Filters of enclosing retrievers, applied to this one too.
+
+    Raises:
+        ApiError: 400 naming the field at fault.
+    """
+    obj = _obj(value, path)
+    if len(obj) != 1:
+        raise _parse_error(path, f"a retriever has exactly one type, got {sorted(obj) or 'none'}")
+    (kind, spec), = obj.items()
+    where = f"{path}.{kind}"
+    if kind == "standard":
+        spec = _obj(spec, where)
+        _only(spec, STANDARD_KEYS, where)
+        query = dict(_obj(spec["query"], f"{where}.query")) if spec.get("query") is not None else None
+        min_score = _number(spec["min_score"], f"{where}.min_score") if "min_score" in spec else None
+        return Standard(query, inherited + _filters(spec.get("filter"), f"{where}.filter"), min_score)
+    if kind == "knn":
+        spec = _obj(spec, where)
+        _only(spec, KNN_KEYS, where)
+        for required in ("field", "k", "num_candidates"):
+            if required not in spec:
+                raise bad_request(f"[{where}.{required}] is required")
+        k = _int(spec["k"], f"{where}.k", minimum=1, maximum=MAX_NUM_CANDIDATES)
+        num_candidates = _int(spec["num_candidates"], f"{where}.num_candidates", minimum=k,
+                              maximum=MAX_NUM_CANDIDATES)
+        has_vector, has_builder = spec.get("query_vector") is not None, spec.get("query_vector_builder") is not None
+        if has_vector == has_builder:
+            raise bad_request(f"[{where}] needs exactly one of [query_vector] or [query_vector_builder]")
+        vector, text = None, None
+        if has_vector:
+            raw = spec["query_vector"]
+            if not isinstance(raw, list) or not raw:
+                raise _parse_error(f"{where}.query_vector", f"must be a non-empty array of numbers, got "
+                                                            f"{_type_name(raw)}")
+            vector = tuple(_number(x, f"{where}.query_vector[{i}]") for i, x in enumerate(raw))
+        else:
+            builder = _obj(spec["query_vector_builder"], f"{where}.query_vector_builder")
+            _only(builder, ("text_embedding",), f"{where}.query_vector_builder")
+            if "text_embedding" not in builder:
+                raise bad_request(f"[{where}.query_vector_builder.text_embedding] is required")
+            te_path = f"{where}.query_vector_builder.text_embedding"
+            embedding = _obj(builder["text_embedding"], te_path)
+            _only(embedding, ("model_text", "model_id"), te_path)
+            if "model_text" not in embedding:
+                raise bad_request(f"[{te_path}.model_text] is required")
+            text = _text(embedding["model_text"], f"{te_path}.model_text").strip()
+            if "model_id" in embedding:
+                _text(embedding["model_id"], f"{te_path}.model_id")  # accepted; the index's embedder is used
+        similarity = _number(spec["similarity"], f"{where}.similarity") if "similarity" in spec else None
+        return Knn(_text(spec["field"], f"{where}.field"), k, num_candidates, vector, text, similarity,
+                   inherited + _filters(spec.get("filter"), f"{where}.filter"))
+    if kind == "rrf":
+        spec = _obj(spec, where)
+        _only(spec, RRF_KEYS, where)
+        children = spec.get("retrievers")
+        if not isinstance(children, list) or not children:
+            raise bad_request(f"[{where}.retrievers] must be a non-empty array of retrievers")
+        rank_constant = _int(spec.get("rank_constant", DEFAULT_RANK_CONSTANT), f"{where}.rank_constant", minimum=1)
+        own = _int(spec.get("rank_window_size", window), f"{where}.rank_window_size", minimum=1, maximum=max_window)
+        filters = inherited + _filters(spec.get("filter"), f"{where}.filter")
+        return Rrf(tuple(parse_retriever(c, f"{where}.retrievers[{i}]", window=own, max_window=max_window,
+                                         inherited=filters) for i, c in enumerate(children)),
+                   rank_constant, own)
+    if kind == RERANKER:
+        raise bad_request(f"[{where}] es-rerank reranks once: a {RERANKER} cannot sit inside another retriever")
+    raise _parse_error(path, f"unknown retriever type [{kind}]; es-rerank supports standard, knn and rrf")
+
+
+def parse_search(body: Any, params: Mapping[str, str] | None = None, *,
+                 max_window: int = DEFAULT_MAX_WINDOW) -> RerankSearch:
+    """A ``_search`` body (and its query-string parameters) with a ``text_similarity_reranker``.
+
+    Args:
+        body: The decoded JSON body.
+        params: Query-string parameters (``size``, ``from``, ``_source`` ... as Elasticsearch
+            takes them). Defaults to none.
+        max_window: Largest ``rank_window_size``. Defaults to :data:`DEFAULT_MAX_WINDOW`.
+
+    Raises:
+        ApiError: 400 naming the field: a missing ``field`` or ``inference_text``, an unknown
+            retriever type or field, a window below 1 or above ``max_window``, ``from + size``
+            above the window, an unsupported top-level key or parameter.
+    """
+    params = dict(params or {})
+    for name in params:
+        if name not in SEARCH_PARAMS:
+            raise bad_request(f"request [_search] contains unrecognized parameter: [{name}] "
+                              f"(es-rerank supports {', '.join(SEARCH_PARAMS)} with {RERANKER})")
+    top = _obj(body, "body")
+    for key in top:
+        if key not in SEARCH_KEYS:
+            raise bad_request(f"[{key}] cannot be used with a {RERANKER} retriever in es-rerank "
+                              f"(supported: {', '.join(SEARCH_KEYS)})")
+    retriever = _obj(top["retriever"], "retriever")
+    if len(retriever) != 1:
+        raise _parse_error("retriever", f"a retriever has exactly one type, got {sorted(retriever)}")
+    path = f"retriever.{RERANKER}"
+    spec = _obj(retriever[RERANKER], path)
+    _only(spec, RERANKER_KEYS, path)
+    for required in ("retriever", "field", "inference_text"):
+        if required not in spec:
+            raise bad_request(f"[{path}.{required}] is required")
+    window = _int(spec.get("rank_window_size", DEFAULT_WINDOW), f"{path}.rank_window_size", minimum=1,
+                  maximum=max_window)
+    field_name = _text(spec["field"], f"{path}.field")
+    query = _text(spec["inference_text"], f"{path}.inference_text").strip()
+    inference_id = _text(spec["inference_id"], f"{path}.inference_id") if spec.get("inference_id") is not None \
+        else None
+    min_score = _number(spec["min_score"], f"{path}.min_score") if spec.get("min_score") is not None else None
+    child = parse_retriever(spec["retriever"], f"{path}.retriever", window=window, max_window=max_window,
+                            inherited=_filters(spec.get("filter"), f"{path}.filter"))
+    raw_size = top.get("size", params.get("size"))
+    raw_from = top.get("from", params.get("from", 0))
+    size = min(DEFAULT_SIZE, window) if raw_size is None else _int(_param_int(raw_size, "size"), "size", minimum=0)
+    start = _int(_param_int(raw_from, "from"), "from", minimum=0)
+    if start + size > window:
+        raise bad_request(f"[size] from + size must be <= [{path}.rank_window_size] ({window}), got "
+                          f"{start} + {size} = {start + size}: raise rank_window_size or lower size")
+    source = parse_source(top["_source"]) if "_source" in top else (_source_params(params) or SourceSpec())
+    explain = _bool(top.get("explain", params.get("explain", False)), "explain")
+    return RerankSearch(child=child, field=field_name, query=query, inference_id=inference_id, window=window,
+                        min_score=min_score, size=size, start=start, source=source, explain=explain,
+                        total_as_int=_bool(params.get("rest_total_hits_as_int", False), "rest_total_hits_as_int"),
+                        pretty=_bool(params.get("pretty", False), "pretty"))
+
+
+def _param_int(value: Any, path: str) -> Any:
+    """Query-string numbers arrive as text."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise _parse_error(path, f"must be an integer, got {value!r}") from None
+    return value
+
+
+def parse_inference(body: Any, *, max_inputs: int = DEFAULT_MAX_WINDOW) -> InferenceRequest:
+    """Elasticsearch's rerank inference request: ``{"query": ..., "input": [...]}``.
+
+    ``return_documents`` and ``top_n`` are read at the top level or under ``task_settings``.
+
+    Raises:
+        ApiError: 400 naming the field.
+    """
+    top = _obj(body, "body")
+    _only(top, INFERENCE_KEYS, "body")
+    for required in ("query", "input"):
+        if required not in top:
+            raise bad_request(f"[{required}] is required")
+    query = _text(top["query"], "query").strip()
+    raw = top["input"]
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise _parse_error("input", f"must be a string or a non-empty array of strings, got {_type_name(raw)}")
+    if len(items) > max_inputs:
+        raise bad_request(f"[input] holds {len(items)} documents; at most {max_inputs} per request")
+    inputs = tuple(_text(x, f"input[{i}]", blank_ok=True) for i, x in enumerate(items))
+    task = _obj(top.get("task_settings", {}), "task_settings")
+    _only(task, ("return_documents", "top_n"), "task_settings")
+    merged = {**task, **{k: top[k] for k in ("return_documents", "top_n") if k in top}}
+    return_documents = _bool(merged.get("return_documents", False), "return_documents")
+    top_n = _int(merged["top_n"], "top_n", minimum=1) if merged.get("top_n") is not None else None
+    return InferenceRequest(query, inputs, return_documents, top_n)
+
+
+# -- request bodies for the cluster ------------------------------------------------------------
+
+def standard_query(node: Standard) -> dict[str, Any]:
+    """The query of a ``standard`` retriever under its filters (unchanged when there are none)."""
+    query = dict(node.query) if node.query is not None else {"match_all": {}}
+    if not node.filters:
+        return query
+    return {"bool": {"must": [query], "filter": [dict(f) for f in node.filters]}}
+
+
+def knn_clause(node: Knn) -> dict[str, Any]:
+    """Elasticsearch's ``knn`` clause (the vector must be resolved), for server-side ``rrf`` retrievers."""
+    from ..engines.elasticsearch import ElasticsearchEngine
+
+    if node.vector is None:
+        raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
+    return ElasticsearchEngine.knn_clause(node.vector, k=node.k, clauses=node.filters, field=node.field,
+                                          num_candidates=node.num_candidates, similarity=node.similarity)
+
+
+def _with_source(body: dict[str, Any], source: Any) -> dict[str, Any]:
+    if source is not None:
+        body["_source"] = source
+    return body
+
+
+def leaf_body(node: Standard | Knn, *, engine: Engine, size: int, source: Any = None) -> dict[str, Any]:
+    """The search body of one ``standard`` or ``knn`` retriever, in ``engine``'s syntax.
+
+    Args:
+        node: The retriever (a knn's vector resolved).
+        engine: The engine the body is for (it owns the kNN syntax).
+        size: Hits to fetch.
+        source: The ``_source`` to ask for; None leaves it out (the whole ``_source``).
+
+    Raises:
+        ValidationError: A kNN option the engine does not take (OpenSearch: ``similarity``).
+    """
+    if isinstance(node, Standard):
+        body: dict[str, Any] = {"size": size, "query": standard_query(node)}
+        if node.min_score is not None:
+            body["min_score"] = node.min_score
+        return _with_source(body, source)
+    if node.vector is None:
+        raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
+    return engine.knn_search_body(node.vector, size=size, k=node.k, field=node.field,
+                                  num_candidates=node.num_candidates, clauses=node.filters,
+                                  similarity=node.similarity, source=source)
+
+
+def retriever_json(node: Node) -> dict[str, Any]:
+    """Elasticsearch's retriever JSON for a (resolved) retriever tree, for server-side RRF."""
+    if isinstance(node, Standard):
+        spec: dict[str, Any] = {"query": standard_query(node)}
+        if node.min_score is not None:
+            spec["min_score"] = node.min_score
+        return {"standard": spec}
+    if isinstance(node, Knn):
+        return {"knn": knn_clause(node)}
+    return {"rrf": {"retrievers": [retriever_json(c) for c in node.children], "rank_constant": node.rank_constant,
+                    "rank_window_size": node.window}}
+
+
+def rrf_body(node: Rrf, *, size: int, source: Any = None) -> dict[str, Any]:
+    """A search body with the ``rrf`` retriever, fused by Elasticsearch (rank-rrf module, licensed)."""
+    return _with_source({"size": size, "retriever": retriever_json(node)}, source)
+
+
+def leaves(node: Node, size: int) -> Iterator[tuple[Standard | Knn, int]]:
+    """The ``standard``/``knn`` retrievers of a tree, depth first, each with the hits it fetches
+    (its enclosing ``rrf``'s window, or ``size`` at the top)."""
+    if isinstance(node, Rrf):
+        for child in node.children:
+            yield from leaves(child, node.window)
+    else:
+        yield node, size
+
+
+def source_request(spec: SourceSpec, needed: Sequence[str]) -> Any:
+    """The ``_source`` to ask the cluster for: the caller's includes plus the fields reranking needs.
+
+    None means "leave ``_source`` out" (the whole document); the caller's own filter is
+    applied afterwards by :func:`filter_source`.
+    """
+    if not spec.enabled:
+        return list(needed) if needed else False
+    if spec.includes:
+        return {"includes": sorted(set(spec.includes) | set(needed))}
+    return None
+
+
+def _hit(path: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatchcase(path, p) for p in patterns)
+
+
+def _could_hold(path: str, patterns: Sequence[str]) -> bool:
+    """Whether some pattern may match a field below ``path``."""
+    prefix = path + "."
+    return any(p.startswith(prefix) or "*" in p for p in patterns)
+
+
+def _filter(node: Mapping[str, Any], prefix: str, includes: Sequence[str], excludes: Sequence[str]) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if _hit(path, excludes):
+            continue
+        whole = not includes or _hit(path, includes)
+        if isinstance(value, Mapping):
+            if whole or _could_hold(path, includes):
+                sub = _filter(value, path + ".", () if whole else includes, excludes)
+                if sub or (whole and not value):
+                    out[key] = sub
+        elif isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+            if whole or _could_hold(path, includes):
+                items = [_filter(v, path + ".", () if whole else includes, excludes) if isinstance(v, Mapping)
+                         else v for v in value if isinstance(v, Mapping) or whole]
+                items = [v for v in items if v != {} or whole]
+                if items or whole:
+                    out[key] = items
+        elif whole:
+            out[key] = value
+    return out
+
+
+def filter_source(source: Mapping[str, Any] | None, spec: SourceSpec) -> dict[str, Any] | None:
+    """``source`` as the caller's ``_source`` filter shows it (None: no ``_source`` in the hit).
+
+    Patterns follow Elasticsearch: a pattern matching an object keeps the whole object,
+    ``*`` is a wildcard, excludes win over includes.
+
+    Example:
+        >>> filter_source({"a": 1, "b": {"c": 2, "d": 3}}, SourceSpec(includes=("b.*",), excludes=("b.d",)))
+        {'b': {'c': 2}}
+    """
+    if not spec.enabled or source is None:
+        return None
+    if not spec.includes and not spec.excludes:
+        return dict(source)
+    return _filter(source, "", spec.includes, spec.excludes)
+
+
+# -- hits -------------------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _lookup(node: Any, parts: Sequence[str]) -> Any:
+    if not parts:
+        return node
+    if isinstance(node, list):
+        found = [_lookup(item, parts) for item in node]
+        found = [f for f in found if f is not _MISSING]
+        return found if found else _MISSING
+    if isinstance(node, Mapping):
+        for i in range(len(parts), 0, -1):  # a literal dotted key, else an object path
+            key = ".".join(parts[:i])
+            if key in node:
+                return _lookup(node[key], parts[i:])
+    return _MISSING
+
+
+def _flatten(value: Any) -> Iterator[str]:
+    if isinstance(value, list):
+        for v in value:
+            yield from _flatten(v)
+    elif isinstance(value, str):
+        yield value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield str(value)
+
+
+def field_text(source: Mapping[str, Any] | None, path: str) -> str:
+    """The text a reranker reads from ``_source[path]`` (a dotted path).
+
+    A string is read as it is; numbers as their text; an array joins its values with
+    newlines. A hit without the field (or with only objects or booleans in it) reads as
+    the empty string: it is still scored, and usually lands last.
+
+    Example:
+        >>> field_text({"body": {"text": ["one", "two"]}}, "body.text")
+        'one\\ntwo'
+        >>> field_text({"title": "x"}, "body")
+        ''
+    """
+    value = _lookup(source or {}, path.split("."))
+    if value is _MISSING:
+        return ""
+    return "\n".join(_flatten(value))
+
+
+def hit_key(raw: Mapping[str, Any]) -> str:
+    """A hit's identity across indices (index names cannot contain ``/``)."""
+    return f"{raw['_index']}/{raw['_id']}"
+
+
+def field_hits(resp: Mapping[str, Any], field_name: str) -> tuple[list[Hit], dict[str, Mapping[str, Any]]]:
+    """Hits of any index for reranking on ``field_name``, and the raw hits by key.
+
+    Each hit is its own document (``doc_id`` = its key), so collapsing changes nothing.
+    """
+    hits, raw = [], {}
+    for rank, h in enumerate(resp["hits"]["hits"], start=1):
+        key = hit_key(h)
+        raw.setdefault(key, h)
+        hits.append(Hit(chunk_id=key, doc_id=key, chunk=0, title="", text=field_text(h.get("_source"), field_name),
+                        metadata={}, retrieval_score=float(h.get("_score") or 0.0), retrieval_rank=rank))
+    return hits, raw
+
+
+def combine_totals(responses: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``hits.total`` of a retrieval made of one or more searches (several: at least the largest)."""
+    totals = [r.get("hits", {}).get("total") for r in responses]
+    totals = [t if isinstance(t, Mapping) else {"value": int(t), "relation": "eq"} for t in totals if t is not None]
+    if not totals:
+        return None
+    if len(totals) == 1:
+        return dict(totals[0])
+    return {"value": max(int(t["value"]) for t in totals), "relation": "gte"}
+
+
+# -- answers -----------------------------------------------------------------------------------------
+
+def explanation(hit: Hit, *, reranked: bool, inference_id: str) -> dict[str, Any]:
+    """``_explanation``: the rerank score, with the retrieval rank and score under it."""
+    retrieval = {"value": hit.retrieval_score, "description": f"retrieval rank {hit.retrieval_rank}, retrieval score",
+                 "details": []}
+    if not reranked:
+        return {"value": hit.score, "description": "not reranked (the reranker failed): retrieval order",
+                "details": [retrieval]}
+    described = f"text_similarity_reranker score from [{inference_id}], rerank rank {hit.rerank_rank}"
+    if hit.final_score is not None and hit.final_score != hit.rerank_score:
+        described += f" (blended; rerank score {hit.rerank_score})"
+    return {"value": hit.score, "description": described, "details": [retrieval]}
+
+
+def search_response(spec: RerankSearch, hits: Sequence[Hit], raw: Mapping[str, Mapping[str, Any]], *,
+                    took_ms: float, total: Mapping[str, Any] | None, shards: Mapping[str, Any] | None,
+                    timed_out: bool, reranked: bool, inference_id: str, error: str | None = None,
+                    fusion: str | None = None) -> dict[str, Any]:
+    """Elasticsearch's ``_search`` response for reranked hits (already cut to ``from``/``size``).
+
+    ``_score`` is the score the hits are ordered by: the rerank score (or the blend of
+    both stages when ``ES_RERANK_BLEND`` asks for one; the retrieval score when the
+    reranker failed and failures are allowed). A top-level ``es_rerank`` object says
+    whether the hits were reranked, by which reranker, and why not.
+    """
+    out_hits = []
+    for h in hits:
+        r = raw[h.chunk_id]
+        item: dict[str, Any] = {"_index": r["_index"], "_id": r["_id"], "_score": h.score}
+        for key in ("_routing", "_ignored"):
+            if key in r:
+                item[key] = r[key]
+        source = filter_source(r.get("_source"), spec.source)
+        if source is not None:
+            item["_source"] = source
+        if spec.explain:
+            item["_explanation"] = explanation(h, reranked=reranked, inference_id=inference_id)
+        out_hits.append(item)
+    total = dict(total) if total is not None else {"value": len(out_hits), "relation": "eq"}
+    body = {
+        "took": int(round(took_ms)),
+        "timed_out": timed_out,
+        "_shards": dict(shards) if shards is not None else {"total": 0, "successful": 0, "skipped": 0, "failed": 0},
+        "hits": {
+            "total": int(total["value"]) if spec.total_as_int else total,
+            "max_score": max((h["_score"] for h in out_hits), default=None),
+            "hits": out_hits,
+        },
+        "es_rerank": {"reranked": reranked, "inference_id": inference_id, "fusion": fusion},
+    }
+    if error is not None:
+        body["es_rerank"]["error"] = error
+    return body
+
+
+def inference_response(request: InferenceRequest, scores: Sequence[float]) -> dict[str, Any]:
+    """Elasticsearch's rerank answer: inputs by descending ``relevance_score`` (ties: input order).
+
+    A non-finite score (a reranker's "could not score") is reported as null and sorts last.
+    """
+    clean = [float(s) if s is not None and math.isfinite(float(s)) else None for s in scores]
+    order = sorted(range(len(clean)), key=lambda i: (clean[i] is None, -(clean[i] or 0.0), i))
+    if request.top_n is not None:
+        order = order[:request.top_n]
+    items = []
+    for i in order:
+        item: dict[str, Any] = {"index": i, "relevance_score": clean[i]}
+        if request.return_documents:
+            item["text"] = request.inputs[i]
+        items.append(item)
+    return {"rerank": items}
