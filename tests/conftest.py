@@ -105,6 +105,12 @@ def _nodes(request):
 
 
 @pytest.fixture(scope="session")
+def opensearch_url(_nodes) -> str:
+    """The session's OpenSearch node (the one ``both_engines`` tests use), for tests of OpenSearch alone."""
+    return _nodes.url("opensearch")
+
+
+@pytest.fixture(scope="session")
 def engine_name(request) -> str:
     """The engine under test: each selected engine in turn for ``both_engines`` tests, else Elasticsearch."""
     return getattr(request, "param", "elasticsearch")
