@@ -1,4 +1,4 @@
-"""The CLI through click's CliRunner, against the real cluster and real files."""
+"""The CLI through click's CliRunner, against a real node of each engine and real files."""
 
 import json
 
@@ -9,7 +9,7 @@ from es_rerank.cli import cli
 
 from conftest import SAMPLE
 
-pytestmark = pytest.mark.es
+pytestmark = [pytest.mark.es, pytest.mark.both_engines]
 
 
 @pytest.fixture
@@ -29,12 +29,12 @@ def test_help_is_fast_and_lists_commands():
         assert cmd in result.output
 
 
-def test_index_then_query(run, es, cli_env):
+def test_index_then_query(run, node, cli_env):
     r = run("index", str(SAMPLE), "--no-progress", "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["documents_read"] == report["documents_indexed"] == 32 and report["documents_rejected"] == 0
-    assert es.count(index=cli_env["ES_RERANK_INDEX"])["count"] == report["chunks_indexed"]
+    assert node.count(cli_env["ES_RERANK_INDEX"]) == report["chunks_indexed"]
 
     r = run("query", "what happens to my data if I close my account", "--depth", "20", "--final-k", "3")
     assert r.exit_code == 0, r.output
@@ -55,7 +55,7 @@ def test_index_then_query(run, es, cli_env):
     assert {h["metadata"]["category"] for h in json.loads(r.stdout)["hits"]} == {"billing"}
 
 
-def test_broken_jsonl_reports_lines_and_keeps_valid_docs(run, es, cli_env, tmp_path):
+def test_broken_jsonl_reports_lines_and_keeps_valid_docs(run, node, cli_env, tmp_path):
     p = tmp_path / "mixed.jsonl"
     p.write_text("\n".join([
         json.dumps({"id": "ok1", "text": "first valid document"}),
@@ -68,7 +68,7 @@ def test_broken_jsonl_reports_lines_and_keeps_valid_docs(run, es, cli_env, tmp_p
     assert f"rejected {p}:2: invalid JSON" in r.output
     assert f"rejected {p}:4 id=no-text: missing 'text'" in r.output
     assert "4 documents read, 2 indexed" in r.output
-    assert es.count(index=cli_env["ES_RERANK_INDEX"])["count"] == 2
+    assert node.count(cli_env["ES_RERANK_INDEX"]) == 2
     r = run("index", str(p), "--no-progress", "--skip-bad")
     assert r.exit_code == 0 and "2 rejected" in r.output
 
@@ -112,7 +112,7 @@ def test_export_openvino_int8_calibrates_on_retrieved_candidates(run, sample_ind
     assert data["hits"][0]["rerank_score"] >= data["hits"][1]["rerank_score"]
 
 
-def test_shared_options_work_after_the_subcommand(run, es, cli_env):
+def test_shared_options_work_after_the_subcommand(run, cli_env):
     """`es-rerank query "x" --index docs` works as well as `es-rerank --index docs query "x"`."""
     env_without_index = {k: v for k, v in cli_env.items() if k != "ES_RERANK_INDEX"}
     index = cli_env["ES_RERANK_INDEX"]
@@ -147,7 +147,7 @@ def test_models_load_is_logged_and_timed_apart(run, cli_env):
     assert "ms loading models" in r.output
 
 
-def test_filters_exact_title_range_and_unknown_fields(run, es, cli_env, tmp_path):
+def test_filters_exact_title_range_and_unknown_fields(run, cli_env, tmp_path):
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps(d) for d in [
         {"id": "a", "title": "Refund for a double charge", "text": "We refund double charges.", "year": 2019,
@@ -171,16 +171,21 @@ def test_filters_exact_title_range_and_unknown_fields(run, es, cli_env, tmp_path
     assert "category" in r.output
 
 
-def test_fusion_server_without_support_says_what_to_use(run):
+def test_fusion_server_without_support_says_what_to_use(run, engine):
+    """Where the cluster cannot fuse (the local Maven nodes: no rank-rrf module or license on
+    Elasticsearch, no neural-search plugin on OpenSearch) ``--fusion server`` says why and what
+    to use instead; where it can, the query just works."""
     run("index", str(SAMPLE), "--no-progress")
     r = run("query", "refund", "--fusion", "server")
-    # the local Maven node has no rank-rrf module; where a cluster has it the query just works
-    if r.exit_code != 0:
-        assert "server-side RRF needs" in r.output and "--fusion client" in r.output
-        assert "parsing_exception" not in r.output
+    if engine.server_fusion():
+        assert r.exit_code == 0, r.output
+        return
+    why = {"elasticsearch": "server-side RRF needs", "opensearch": "needs the neural-search plugin"}[engine.name]
+    assert r.exit_code == 1 and why in r.output and "--fusion client" in r.output, r.output
+    assert "parsing_exception" not in r.output
 
 
-def test_indices_config_delete_and_delete_docs(run, es, cli_env):
+def test_indices_config_delete_and_delete_docs(run, node, cli_env):
     index = cli_env["ES_RERANK_INDEX"]
     run("index", str(SAMPLE), "--no-progress")
     r = run("indices", "--json")
@@ -190,18 +195,21 @@ def test_indices_config_delete_and_delete_docs(run, es, cli_env):
     assert f"ES_RERANK_INDEX" in r.output and f"{index}  (environment (ES_RERANK_INDEX))" in r.output
     r = run("delete-docs", "--id", "bill-cancel", "--id", "no-such-doc")
     assert r.exit_code == 0 and "bill-cancel: 1 chunks deleted" in r.output and "no-such-doc: not found" in r.output
-    assert es.count(index=index, query={"term": {"doc_id": "bill-cancel"}})["count"] == 0
+    assert node.count(index, {"term": {"doc_id": "bill-cancel"}}) == 0
+    assert node.count(index, {"term": {"doc_id": "bill-refund"}}) >= 1  # only the named document went
+    (concrete,) = node.alias_targets(index)
     r = run("delete", index, input="n\n")
-    assert r.exit_code == 1 and es.indices.exists_alias(name=index)
+    assert r.exit_code == 1 and node.alias_targets(index) == [concrete]
     r = run("delete", index, "--yes")
-    assert r.exit_code == 0 and not es.indices.exists(index=index)
+    assert r.exit_code == 0 and not node.exists(index) and not node.exists(concrete)
 
 
-def test_version_names_client_server_and_models(cli_env):
+def test_version_names_client_server_and_models(cli_env, engine):
     r = CliRunner().invoke(cli, ["--version"], env=cli_env)
     assert r.exit_code == 0
     assert "es-rerank 0.2.0" in r.output and "elasticsearch" in r.output and "onnxruntime" in r.output
-    assert "server: " in r.output and "embedder: " in r.output and "reranker: " in r.output
+    assert f"server: {engine.name} {engine.info()['version']} at {cli_env['ES_URL']}" in r.output
+    assert "embedder: " in r.output and "reranker: " in r.output
 
 
 def test_index_with_the_cluster_down_is_one_clear_line(cli_env):

@@ -198,3 +198,56 @@ def test_valid_index_names(name):
 def test_invalid_index_names_are_refused(name, why):
     with pytest.raises(ValidationError, match=why):
         validate_index_name(name)
+
+
+# -- choosing the engine ---------------------------------------------------------------------------
+
+def test_an_existing_client_picks_its_engine_without_asking_the_cluster():
+    """A caller's client names the engine (no GET / is sent: the URL below has nothing listening)."""
+    from elasticsearch import Elasticsearch
+    from opensearchpy import OpenSearch
+
+    from es_rerank.engines import open_engine
+
+    settings = Settings(url="http://127.0.0.1:9")
+    os_client, es_client = OpenSearch("http://127.0.0.1:9"), Elasticsearch("http://127.0.0.1:9")
+    try:
+        assert type(open_engine(settings, client=os_client)) is OpenSearchEngine
+        assert type(open_engine(settings, client=es_client)) is ElasticsearchEngine
+        assert open_engine(settings, client=os_client).client is os_client
+    finally:
+        os_client.close()
+        es_client.close()
+
+
+@pytest.mark.parametrize("name,cls", [("elasticsearch", ElasticsearchEngine), ("opensearch", OpenSearchEngine)])
+def test_a_named_engine_is_used_as_named(name, cls):
+    from es_rerank.engines import open_engine
+
+    engine = open_engine(Settings(url="http://127.0.0.1:9", engine=name))
+    assert type(engine) is cls and engine._client is None  # nothing was sent
+
+
+def test_unknown_engine_is_refused():
+    from es_rerank.engines import engine_class
+
+    with pytest.raises(ConfigError, match="engine must be one of elasticsearch, opensearch, got 'solr'"):
+        engine_class("solr")
+
+
+@pytest.mark.parametrize("error,expected", [
+    # OpenSearch 3.5.0, an empty metadata field name (as the node answered it)
+    ({"type": "mapper_parsing_exception", "reason": "failed to parse",
+      "caused_by": {"type": "illegal_argument_exception", "reason": "field name cannot be an empty string"}},
+     "failed to parse: field name cannot be an empty string"),
+    # Elasticsearch 9.2.8, the same document: the cause is already in the reason
+    ({"type": "document_parsing_exception", "reason": "[1:14] failed to parse: field name cannot be an empty string",
+      "caused_by": {"type": "illegal_argument_exception", "reason": "field name cannot be an empty string"}},
+     "[1:14] failed to parse: field name cannot be an empty string"),
+    ({"type": "es_rejected_execution_exception", "reason": "rejected execution of TimedRunnable"},
+     "rejected execution of TimedRunnable"),
+    ({"type": "version_conflict_engine_exception"}, "version_conflict_engine_exception"),
+    ("a plain string", "a plain string"),
+])
+def test_item_error_keeps_the_cause(error, expected):
+    assert Engine.item_error(error) == expected

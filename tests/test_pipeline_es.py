@@ -1,4 +1,4 @@
-"""The two stages against a real Elasticsearch: indexing, retrieval, fusion, reranking."""
+"""The two stages against a real cluster, on each engine: indexing, retrieval, fusion, reranking."""
 
 import json
 
@@ -9,52 +9,54 @@ from es_rerank.errors import IndexMissingError, MappingMismatchError, Validation
 
 from conftest import SAMPLE
 
-pytestmark = pytest.mark.es
+pytestmark = [pytest.mark.es, pytest.mark.both_engines]
 
 
-def test_count_equals_reported_chunks(es, make_index, index_name):
+def test_count_equals_reported_chunks(node, make_index, index_name):
     report = make_index(index_name, SAMPLE)
     n_docs = sum(1 for line in SAMPLE.read_text().splitlines() if line.strip())
     assert report.documents_read == n_docs == report.documents_indexed
-    assert es.count(index=index_name)["count"] == report.chunks_indexed >= n_docs
+    assert node.count(index_name) == report.chunks_indexed >= n_docs
 
 
-def test_build_is_swapped_in_with_refresh_on_and_marked(es, engine, make_index, index_name):
+def test_build_is_swapped_in_with_refresh_on_and_marked(node, engine, make_index, index_name):
     """A new index is built under a fresh name with refresh off, then served through the alias."""
     from es_rerank.engines import MARKER
 
     report = make_index(index_name, SAMPLE)
     assert report.rebuilt and report.concrete.startswith(index_name + "-")
-    assert list(es.indices.get_alias(name=index_name)) == [report.concrete]
-    settings = es.indices.get_settings(index=report.concrete)[report.concrete]["settings"]["index"]
+    assert node.alias_targets(index_name) == [report.concrete]
+    settings = node.index_settings(report.concrete)
     assert "refresh_interval" not in settings and settings["auto_expand_replicas"] == "0-1"
-    meta = es.indices.get_mapping(index=report.concrete)[report.concrete]["mappings"]["_meta"][MARKER]
+    meta = node.meta(report.concrete)[MARKER]
     assert meta["state"] == "ready" and meta["alias"] == index_name and meta["dims"] == 384
-    assert meta["chunks"] == report.chunks_indexed == es.count(index=index_name)["count"]
-    assert es.cluster.health(index=index_name)["status"] == "green"  # no replica waits on a single node
+    assert meta["engine"] == engine.name
+    assert meta["chunks"] == report.chunks_indexed == node.count(index_name)
+    assert node.health(index_name) == "green"  # no replica waits on a single node
 
 
-def test_legacy_bulk_load_is_finished(es, engine, make_index, index_name, tmp_path):
+def test_legacy_bulk_load_is_finished(node, engine, make_index, index_name, tmp_path):
     """An index es-rerank 0.1 left in bulk-load mode (refresh off) gets refresh back on."""
     engine.create_index(index_name, {**engine.index_body(384), "mappings": {
         **engine.index_body(384)["mappings"], "_meta": {"es_rerank_bulk_load": True}}})
-    es.indices.put_settings(index=index_name, settings={"index": {"refresh_interval": "-1"}})
+    engine.put_settings(index_name, {"refresh_interval": "-1"})
+    assert node.index_settings(index_name)["refresh_interval"] == "-1"
     extra = tmp_path / "one.jsonl"
     extra.write_text('{"id": "late-1", "text": "a document written after the load"}\n')
     report = make_index(index_name, extra)
     assert not report.rebuilt and report.concrete == index_name
-    assert "refresh_interval" not in es.indices.get_settings(index=index_name)[index_name]["settings"]["index"]
-    assert es.count(index=index_name, query={"term": {"doc_id": "late-1"}})["count"] == 1
+    assert "refresh_interval" not in node.index_settings(index_name)
+    assert node.count(index_name, {"term": {"doc_id": "late-1"}}) == 1
 
 
-def test_reindex_replaces_never_duplicates(es, make_index, index_name):
+def test_reindex_replaces_never_duplicates(node, make_index, index_name):
     first = make_index(index_name, SAMPLE)
     second = make_index(index_name, SAMPLE)
     assert second.chunks_indexed == first.chunks_indexed
-    assert es.count(index=index_name)["count"] == first.chunks_indexed
+    assert node.count(index_name) == first.chunks_indexed
 
 
-def test_reindex_shorter_document_drops_stale_chunks(es, make_index, index_name, tmp_path):
+def test_reindex_shorter_document_drops_stale_chunks(node, make_index, index_name, tmp_path):
     p = tmp_path / "d.jsonl"
     long_text = " ".join(f"token{i}" for i in range(400))
     p.write_text(json.dumps({"id": "doc", "text": long_text}) + "\n")
@@ -63,7 +65,7 @@ def test_reindex_shorter_document_drops_stale_chunks(es, make_index, index_name,
     p.write_text(json.dumps({"id": "doc", "text": "now short"}) + "\n")
     second = make_index(index_name, p, chunk_tokens=50, chunk_overlap=10)
     assert second.chunks_indexed == 1 and second.stale_chunks_deleted == first.chunks_indexed - 1
-    assert es.count(index=index_name)["count"] == 1
+    assert node.count(index_name) == 1
 
 
 def _owned_index(engine, name, dims):
@@ -76,11 +78,11 @@ def _owned_index(engine, name, dims):
     engine.create_index(name, body)
 
 
-def test_dims_mismatch_fails_before_writing(es, engine, make_index, index_name):
+def test_dims_mismatch_fails_before_writing(node, engine, make_index, index_name):
     _owned_index(engine, index_name, 8)
     with pytest.raises(MappingMismatchError, match="dims are 8 in the index but the configured embedder produces 384"):
         make_index(index_name, SAMPLE)
-    assert es.count(index=index_name)["count"] == 0
+    assert node.count(index_name) == 0
 
 
 def test_search_returns_final_k_sorted_with_both_scores(searcher):

@@ -20,32 +20,29 @@ from es_rerank.cli import cli
 
 from conftest import SAMPLE
 
-pytestmark = pytest.mark.es
+pytestmark = [pytest.mark.es, pytest.mark.both_engines]
 
 DECOYS = {"decoy-prod": 7, "decoy-logs": 3, "decoy-users": 5}
 
 
 @pytest.fixture
-def decoys(es):
+def decoys(node):
     """Indices es-rerank did not create (plain mappings, real documents), plus an alias onto one."""
     for name, n in DECOYS.items():
-        es.indices.delete(index=name, ignore_unavailable=True)
-        es.indices.create(index=name, mappings={"properties": {"body": {"type": "text"}}},
-                          settings={"number_of_replicas": 0})
-        for i in range(n):
-            es.index(index=name, id=str(i), document={"body": f"{name} record {i}"})
-        es.indices.refresh(index=name)
-    es.indices.put_alias(index="decoy-users", name="decoy-alias")
+        node.delete_plain(name)
+        node.create_plain(name, [{"body": f"{name} record {i}"} for i in range(n)])
+    node.put_alias("decoy-users", "decoy-alias")
+    _survive(node)  # the check below can see what it checks
     yield DECOYS
     for name in DECOYS:
-        es.indices.delete(index=name, ignore_unavailable=True)
+        node.delete_plain(name)
 
 
-def _survive(es):
+def _survive(node):
     for name, n in DECOYS.items():
-        assert es.indices.exists(index=name), f"{name} was deleted"
-        assert es.count(index=name)["count"] == n, f"{name} lost documents"
-    assert es.indices.get_alias(name="decoy-alias").body.keys() == {"decoy-users"}
+        assert node.exists(name), f"{name} was deleted"
+        assert node.count(name) == n, f"{name} lost documents"
+    assert node.alias_targets("decoy-alias") == ["decoy-users"]
 
 
 def _run(env, *args, input=None):
@@ -62,7 +59,7 @@ def _tiny_beir(root):
     return root
 
 
-def test_every_destructive_path_spares_the_decoys(es, engine, decoys, cli_env, tmp_path):
+def test_every_destructive_path_spares_the_decoys(node, decoys, cli_env, tmp_path):
     f = tmp_path / "f.jsonl"
     f.write_text('{"id": "1", "text": "one small document"}\n')
     cases = [
@@ -81,10 +78,10 @@ def test_every_destructive_path_spares_the_decoys(es, engine, decoys, cli_env, t
         r = _run(cli_env, *args, *(["--no-progress"] if "index" in args else []))
         assert r.exit_code == 1, (args, r.output)
         assert message in r.output, (args, r.output)
-        _survive(es)
+        _survive(node)
 
 
-def test_eval_uses_its_own_namespaced_index(es, engine, decoys, cli_env, tmp_path):
+def test_eval_uses_its_own_namespaced_index(node, engine, decoys, cli_env, tmp_path):
     """A data folder named like another index, ES_RERANK_INDEX pointing at production, --reindex:
     the evaluation builds and rebuilds only its own es-rerank-eval-* index."""
     from es_rerank.lifecycle import delete, list_owned
@@ -100,14 +97,14 @@ def test_eval_uses_its_own_namespaced_index(es, engine, decoys, cli_env, tmp_pat
         for extra in ([], ["--reindex"]):
             r = _run(env, "eval", "--data", str(data), "--depth", "5", "--final-k", "3", "--no-progress", *extra)
             assert r.exit_code == 0, r.output
-            _survive(es)
+            _survive(node)
         assert len(ours()) == 1  # --reindex replaced the first build, it did not add a second
     finally:
         for info in ours():
             delete(engine, info.name)
 
 
-def test_recreate_validates_everything_before_the_first_write(es, engine, make_index, index_name, cli_env, tmp_path):
+def test_recreate_validates_everything_before_the_first_write(node, make_index, index_name, cli_env, tmp_path):
     """Bad paths, an empty folder or a missing model fail before the serving index is touched."""
     first = make_index(index_name, SAMPLE)
     (tmp_path / "empty").mkdir()
@@ -121,12 +118,12 @@ def test_recreate_validates_everything_before_the_first_write(es, engine, make_i
     for paths, env, message in cases:
         r = _run({**cli_env, **env}, "index", *paths, "--recreate", "--no-progress")
         assert r.exit_code == 1 and message in r.output, r.output
-        assert list(es.indices.get_alias(name=index_name)) == [first.concrete]
-        assert es.count(index=index_name)["count"] == first.chunks_indexed
-    assert sorted(es.indices.get(index=f"{index_name}*")) == [first.concrete]
+        assert node.alias_targets(index_name) == [first.concrete]
+        assert node.count(index_name) == first.chunks_indexed
+    assert node.indices(f"{index_name}*") == [first.concrete]
 
 
-def test_rechunking_leaves_exactly_the_new_chunks(es, engine, make_index, index_name, embedder):
+def test_rechunking_leaves_exactly_the_new_chunks(node, make_index, index_name, embedder):
     """Indexing with another chunk size rebuilds: the index holds exactly the new chunks."""
     from es_rerank.chunking import Chunker
     from es_rerank.errors import MappingMismatchError
@@ -136,7 +133,7 @@ def test_rechunking_leaves_exactly_the_new_chunks(es, engine, make_index, index_
         make_index(index_name, SAMPLE, chunk_tokens=24, chunk_overlap=4)
     second = make_index(index_name, SAMPLE, chunk_tokens=24, chunk_overlap=4, recreate=True)
     assert second.rebuilt and second.replaced == [first.concrete]
-    assert not es.indices.exists(index=first.concrete)
+    assert not node.exists(first.concrete)
     chunker = Chunker(embedder.offsets, size=24, overlap=4)
     expected = {}
     for line in SAMPLE.read_text().splitlines():
@@ -144,11 +141,11 @@ def test_rechunking_leaves_exactly_the_new_chunks(es, engine, make_index, index_
         for n, c in enumerate(chunker.split(doc["text"])):
             expected[f"{doc['id']}#{n}"] = c.text
     got = {h["_id"]: h["_source"]["text"] for h in
-           es.search(index=index_name, size=10_000, query={"match_all": {}}, source=["text"])["hits"]["hits"]}
+           node.search(index_name, {"size": 10_000, "query": {"match_all": {}}, "_source": ["text"]})["hits"]["hits"]}
     assert got == expected and second.chunks_indexed == len(expected) > first.chunks_indexed
 
 
-def test_stale_chunks_are_found_past_any_page(es, engine, make_index, index_name, tmp_path):
+def test_stale_chunks_are_found_past_any_page(node, engine, make_index, index_name, tmp_path):
     """Leftover chunks of a shortened document are listed page by page, never capped."""
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps({"id": "doc", "text": " ".join(f"token{i}" for i in range(600))}) + "\n")
@@ -159,11 +156,10 @@ def test_stale_chunks_are_found_past_any_page(es, engine, make_index, index_name
     p.write_text(json.dumps({"id": "doc", "text": "now short"}) + "\n")
     second = make_index(index_name, p, chunk_tokens=20, chunk_overlap=0)
     assert second.stale_chunks_deleted == first.chunks_indexed - 1
-    assert es.count(index=index_name)["count"] == 1
+    assert node.count(index_name) == 1
 
 
-def test_interrupted_recreate_leaves_the_previous_index_serving(es, engine, make_index, index_name, cli_env,
-                                                                  tmp_path):
+def test_interrupted_recreate_leaves_the_previous_index_serving(node, make_index, index_name, cli_env, tmp_path):
     first = make_index(index_name, SAMPLE)
     corpus = tmp_path / "big.jsonl"
     with open(corpus, "w") as fh:
@@ -174,20 +170,19 @@ def test_interrupted_recreate_leaves_the_previous_index_serving(es, engine, make
                              "--bulk-size", "50"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        stats = es.indices.stats(index=f"{index_name}-*", metric="indexing").body["indices"]
-        building = {k: v for k, v in stats.items() if k != first.concrete}
-        if any(v["primaries"]["indexing"]["index_total"] >= 200 for v in building.values()):
+        building = {k: v for k, v in node.index_totals(f"{index_name}-*").items() if k != first.concrete}
+        if any(total >= 200 for total in building.values()):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert list(es.indices.get_alias(name=index_name)) == [first.concrete]
-    assert es.count(index=index_name)["count"] == first.chunks_indexed
-    assert es.search(index=index_name, query={"term": {"doc_id": "n1"}})["hits"]["total"]["value"] == 0
+    assert node.alias_targets(index_name) == [first.concrete]
+    assert node.count(index_name) == first.chunks_indexed
+    assert node.count(index_name, {"term": {"doc_id": "n1"}}) == 0
     # the next run removes the unfinished build and completes
     small = tmp_path / "small.jsonl"
     small.write_text("".join(json.dumps({"id": f"s{i}", "text": f"short {i}"}) + "\n" for i in range(5)))
     r = _run(cli_env, "index", str(small), "--recreate", "--no-progress")
     assert r.exit_code == 0, r.output
-    assert es.count(index=index_name)["count"] == 5
-    assert len(es.indices.get(index=f"{index_name}-*")) == 1
+    assert node.count(index_name) == 5
+    assert len(node.indices(f"{index_name}-*")) == 1

@@ -498,6 +498,34 @@ class Engine(ABC):
         return int(resp.get("took", 0)), out
 
     @staticmethod
+    def item_error(error: Any) -> str:
+        """Why the cluster refused one bulk item: its reason, and the causes it nests.
+
+        OpenSearch puts the useful part of a document parsing error in ``caused_by`` (its
+        reason is just ``failed to parse``); Elasticsearch usually repeats it. A cause whose
+        text the message already holds is not repeated.
+
+        Example:
+            >>> Engine.item_error({"type": "mapper_parsing_exception", "reason": "failed to parse",
+            ...                    "caused_by": {"type": "illegal_argument_exception",
+            ...                                  "reason": "field name cannot be an empty string"}})
+            'failed to parse: field name cannot be an empty string'
+        """
+        if not isinstance(error, Mapping):
+            return str(error)
+        parts: list[str] = []
+        node: Any = error
+        for _ in range(5):  # causes nest; a few levels say all there is to say
+            if not isinstance(node, Mapping):
+                break
+            reason = node.get("reason")
+            text = str(reason) if reason is not None else str(node.get("type", ""))
+            if text and not any(text in p for p in parts):
+                parts.append(text)
+            node = node.get("caused_by")
+        return ": ".join(parts) if parts else str(dict(error))
+
+    @staticmethod
     def hits(resp: Mapping[str, Any]) -> list[Hit]:
         """The hits of a search over an es-rerank index, ranks from 1, scores as floats."""
         hits = []
