@@ -164,7 +164,7 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         return
     from importlib.metadata import PackageNotFoundError, version
 
-    from ._versions import ES_VERSION, PACKAGE_VERSION
+    from ._versions import ES_VERSION, OPENSEARCH_VERSION, PACKAGE_VERSION
 
     lines = [f"es-rerank {PACKAGE_VERSION}"]
     for dist in ("elasticsearch", "opensearch-py", "onnxruntime", "tokenizers", "openvino", "torch"):
@@ -172,7 +172,7 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
             lines.append(f"  {dist} {version(dist)}")
         except PackageNotFoundError:
             pass
-    lines.append(f"  tested against Elasticsearch {ES_VERSION}")
+    lines.append(f"  tested against Elasticsearch {ES_VERSION} and OpenSearch {OPENSEARCH_VERSION}")
     try:
         settings = Settings.from_env()
         from .engines import open_engine

@@ -279,8 +279,7 @@ def index_documents(
             if ok:
                 report.chunks_indexed += 1
             elif pending.error is None:
-                error = result.get("error", {})
-                reason = error.get("reason", error) if isinstance(error, dict) else error
+                reason = engine.item_error(result.get("error", {}))
                 pending.error = f"{engine.display_name} rejected chunk {result.get('_id')}: {reason}"
             settle(pending, 1)
         progress()

@@ -1,27 +1,22 @@
 """es-rerank serve in front of OpenSearch, driven by ``opensearch-py``, unmodified.
 
-A local OpenSearch node (with the k-NN plugin) is started for this module on its own port and
-folder: ``ES_RERANK_TEST_OPENSEARCH_PORT`` (default 9283) and ``ES_RERANK_TEST_OPENSEARCH_DIR``
-(default ``<tmp>/es-rerank-opensearch``); it is stopped at the end. The ``knn`` retriever
+It uses the session's OpenSearch node (``ES_RERANK_TEST_OPENSEARCH_URL``, or the local node
+the test session starts; see tests/conftest.py). The ``knn`` retriever
 becomes OpenSearch's ``knn`` query, fusion runs in Python, and the results equal
 :meth:`es_rerank.Searcher.search` on the same node.
 """
 
 import json
 import os
-import tempfile
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from es_rerank.client import Searcher
-from es_rerank.cluster import LocalCluster
 from es_rerank.config import Settings
 from es_rerank.engines import OpenSearchEngine
 from es_rerank.engines.base import num_candidates_for
-from es_rerank.errors import ClusterError
 from es_rerank.server import ServerThread, create_app
 
 from conftest import BACKEND, SAMPLE
@@ -32,18 +27,9 @@ QUERIES = ["refund for a double charge", "reset my password"]
 
 
 @pytest.fixture(scope="module")
-def os_url():
-    home = Path(os.environ.get("ES_RERANK_TEST_OPENSEARCH_DIR", Path(tempfile.gettempdir()) / "es-rerank-opensearch"))
-    port = int(os.environ.get("ES_RERANK_TEST_OPENSEARCH_PORT", "9283"))
-    cluster = LocalCluster(engine="opensearch", home=home, port=port, heap="768m")
-    try:
-        cluster.start(timeout=300)
-    except ClusterError as e:
-        pytest.skip(f"cannot start a local OpenSearch node: {e}")
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
+def os_url(opensearch_url):
+    """The session's OpenSearch node (see tests/conftest.py)."""
+    return opensearch_url
 
 
 @pytest.fixture(scope="module")
