@@ -636,7 +636,25 @@ class Engine(ABC):
 
     # -- bulk -----------------------------------------------------------------------------------
 
+    @staticmethod
     @abstractmethod
+    def _bulk_helper() -> Any:
+        """The client library's ``helpers.streaming_bulk``."""
+
     def streaming_bulk(self, actions: Iterable[Mapping[str, Any]], *, chunk_size: int, max_retries: int,
                        initial_backoff: float, max_backoff: float) -> Iterator[tuple[bool, dict[str, Any]]]:
-        """The library's ``streaming_bulk`` (per-item results, 429s retried); errors translated."""
+        """The library's ``streaming_bulk``: per-item results, 429s retried with backoff; errors translated.
+
+        Items retried after a 429 come back after the rest of their chunk: match results by
+        operation and ``_id``, never by position.
+        """
+        results = self._bulk_helper()(self.client, actions, chunk_size=chunk_size, raise_on_error=False,
+                                      raise_on_exception=True, max_retries=max_retries,
+                                      initial_backoff=initial_backoff, max_backoff=max_backoff)
+        try:
+            yield from results
+        except Exception as e:  # noqa: BLE001 - translated, else re-raised
+            ours = self._translate(e)
+            if ours is None:
+                raise
+            raise ours from e

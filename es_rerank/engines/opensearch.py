@@ -11,7 +11,7 @@ so nothing is written to the cluster.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import ClusterError, ValidationError
 from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine
@@ -120,17 +120,8 @@ class OpenSearchEngine(Engine):
 
     # -- bulk ---------------------------------------------------------------------------------
 
-    def streaming_bulk(self, actions: Iterable[Mapping[str, Any]], *, chunk_size: int, max_retries: int,
-                       initial_backoff: float, max_backoff: float) -> Iterator[tuple[bool, dict[str, Any]]]:
+    @staticmethod
+    def _bulk_helper() -> Any:
         from opensearchpy import helpers
 
-        results = helpers.streaming_bulk(self.client, actions, chunk_size=chunk_size, raise_on_error=False,
-                                         raise_on_exception=True, max_retries=max_retries,
-                                         initial_backoff=initial_backoff, max_backoff=max_backoff)
-        try:
-            yield from results
-        except Exception as e:  # noqa: BLE001 - translated, else re-raised
-            ours = self._translate(e)
-            if ours is None:
-                raise
-            raise ours from e
+        return helpers.streaming_bulk
