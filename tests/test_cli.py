@@ -217,3 +217,17 @@ def test_index_with_the_cluster_down_is_one_clear_line(cli_env):
     r = CliRunner().invoke(cli, ["index", str(SAMPLE), "--no-progress"], env=env)
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "cannot reach Elasticsearch/OpenSearch at http://127.0.0.1:9: is it running?" in r.output
+
+
+def test_terminal_control_sequences_never_reach_the_terminal(run, cli_env, tmp_path):
+    """A title that sets the window title and writes the clipboard (OSC 0 / OSC 52) prints inert."""
+    hostile = tmp_path / "hostile.jsonl"
+    title = "Refunds \x1b]0;pwned\x07 \x1b]52;c;ZWNobyBoaQ==\x07 \x9b31m red \u202eevil"
+    hostile.write_text(json.dumps({"id": "bad\x1b[2Jid", "title": title, "text": "refund policy \x1b[31m text"}) + "\n")
+    r = run("index", str(hostile), "--no-progress")
+    assert r.exit_code == 0, r.output
+    for args in (["query", "refund", "--final-k", "1", "--explain"], ["query", "refund", "--final-k", "1", "--json"],
+                 ["indices"]):
+        out = run(*args).output
+        assert "refund" in out.lower()
+        assert not any(ch in out for ch in ("\x1b", "\x07", "\x9b", "\u202e")), args

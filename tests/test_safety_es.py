@@ -186,3 +186,27 @@ def test_interrupted_recreate_leaves_the_previous_index_serving(node, make_index
     assert r.exit_code == 0, r.output
     assert node.count(index_name) == 5
     assert len(node.indices(f"{index_name}-*")) == 1
+
+
+def test_credentials_in_the_url_never_reach_results(engine, cli_env, tmp_path):
+    """eval/sweep record their command line: a password in --url is masked in results.json and .md."""
+    from es_rerank.lifecycle import delete, list_owned
+
+    if engine.name != "elasticsearch" or "://" not in cli_env["ES_URL"]:
+        pytest.skip("needs a cluster that ignores basic auth (security off): the local Elasticsearch node")
+    secret = "pw-9c1e-secret"
+    scheme, rest = cli_env["ES_URL"].split("://", 1)
+    url = f"{scheme}://elastic:{secret}@{rest}"
+    data = _tiny_beir(tmp_path / "secret-url")
+    out = tmp_path / "out"
+    r = _run(cli_env, "eval", "--url", url, "--data", str(data), "--depth", "5", "--final-k", "3", "--no-progress",
+             "--out", str(out), "--reranker", "none")
+    try:
+        assert r.exit_code == 0, r.output
+        written = "".join(p.read_text() for p in out.iterdir() if p.suffix in (".json", ".md", ".html"))
+        assert "--url" in written and "***@" in written
+        assert secret not in written and secret not in r.output
+    finally:
+        for info in list_owned(engine):
+            if info.name.startswith("es-rerank-eval-secret-url-"):
+                delete(engine, info.name)
