@@ -229,5 +229,5 @@ def test_terminal_control_sequences_never_reach_the_terminal(run, cli_env, tmp_p
     for args in (["query", "refund", "--final-k", "1", "--explain"], ["query", "refund", "--final-k", "1", "--json"],
                  ["indices"]):
         out = run(*args).output
-        assert "refund" in out.lower()
+        assert args[0] == "indices" or "refund" in out.lower()
         assert not any(ch in out for ch in ("\x1b", "\x07", "\x9b", "\u202e")), args
