@@ -200,7 +200,7 @@ def bench_index(args) -> None:
     from es_rerank.engines import open_engine
     from es_rerank.indexing import index_paths
     from es_rerank.lifecycle import delete
-    from es_rerank.types import passage_text as embedding_text
+    from es_rerank.types import passage_text
 
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="emb-onnx-")
     corpus = Path(tempfile.mkdtemp()) / "corpus.jsonl"
@@ -212,13 +212,13 @@ def bench_index(args) -> None:
     texts = []
     for line in open(corpus):
         doc = json.loads(line)
-        texts += [embedding_text(doc["title"], c.text) for c in chunker.split(doc["text"])]
+        texts += [passage_text(doc["title"], c.text) for c in chunker.split(doc["text"])]
     print(f"{args.docs} documents -> {len(texts)} chunks")
 
     def calibration():
         # chunks of documents the benchmark does not embed (the corpus's last 150)
         lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()[-150:]
-        return [embedding_text(d["title"], c.text) for d in map(json.loads, lines) for c in chunker.split(d["text"])]
+        return [passage_text(d["title"], c.text) for d in map(json.loads, lines) for c in chunker.split(d["text"])]
 
     _export_all(args.embedder, onnx_dir, "embedder", calibration)
     kinds = args.backends.split(",")

@@ -1,6 +1,6 @@
 """Export models to OpenVINO IR, optionally with calibrated static int8 quantization.
 
-``export_openvino`` exports a model folder to ONNX (see :mod:`es_rerank.onnx_backend`), converts
+``export_openvino`` exports a model folder to ONNX (see :mod:`es_rerank.export.onnx`), converts
 it to OpenVINO IR (``openvino_model.xml``) and, with ``quantize="int8"``, writes
 ``openvino_model_int8.xml``: static int8 quantization by NNCF, calibrated on real
 (query, candidate) pairs or texts. Static quantization fixes each activation's scale from the
