@@ -9,15 +9,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .config import DEFAULT_EMBEDDING_MODEL
 from .errors import ConfigError
-from .runtime import load_embedder, resolve_model
+from .runtime import LazyModel, load_embedder, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +56,9 @@ class ModelEmbedder:
         self.device = device
         self.batch_size = batch_size
         self.name = f"{model} ({backend})"
-        self.load_seconds: float | None = None
-        self._model: Any = None
+        self._lazy = LazyModel(lambda: load_embedder(model, backend=backend, batch_size=batch_size, device=device),
+                               f"embedder {self.name}")
         self._dims: int | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ModelEmbedder({self.model_name!r}, backend={self.backend!r})"
@@ -69,15 +66,11 @@ class ModelEmbedder:
     @property
     def model(self) -> Any:
         """The runtime model (loaded on first use, once, under a lock)."""
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    started = time.perf_counter()
-                    logger.info("loading embedder %s", self.name)
-                    self._model = load_embedder(self.model_name, backend=self.backend, batch_size=self.batch_size,
-                                                device=self.device)
-                    self.load_seconds = time.perf_counter() - started
-        return self._model
+        return self._lazy.get()
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._lazy.load_seconds
 
     def load(self) -> None:
         """Load the model now rather than at the first call."""

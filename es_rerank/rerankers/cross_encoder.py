@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 from typing import Any, Sequence
 
 from ..config import DEFAULT_RERANKER_MODEL
 from ..errors import ConfigError, ModelError, RerankerError
-from ..runtime import load_cross_encoder
+from ..runtime import LazyModel, load_cross_encoder
 from .base import BaseReranker
 
 logger = logging.getLogger(__name__)
@@ -50,27 +48,24 @@ class CrossEncoderReranker(BaseReranker):
         self.max_length = max_length
         self.normalize = normalize
         self.name = f"cross-encoder:{model}" + ("" if backend == "onnx" else f" ({backend})")
-        self.load_seconds: float | None = None
-        self._model: Any = None
-        self._lock = threading.Lock()
+        self._lazy = LazyModel(self._load, f"cross-encoder {model} ({backend})")
+
+    def _load(self) -> Any:
+        try:
+            return load_cross_encoder(self.model_name, backend=self.backend, batch_size=self.batch_size,
+                                      max_length=self.max_length, device=self.device)
+        except ModelError as e:
+            raise RerankerError(f"could not load cross-encoder {self.model_name!r}: {e}", reranker=self.name,
+                                model=self.model_name) from e
 
     @property
     def model(self) -> Any:
         """The runtime model (loaded on first use, once, under a lock)."""
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    started = time.perf_counter()
-                    logger.info("loading cross-encoder %s (%s)", self.model_name, self.backend)
-                    try:
-                        self._model = load_cross_encoder(self.model_name, backend=self.backend,
-                                                         batch_size=self.batch_size, max_length=self.max_length,
-                                                         device=self.device)
-                    except ModelError as e:
-                        raise RerankerError(f"could not load cross-encoder {self.model_name!r}: {e}",
-                                            reranker=self.name, model=self.model_name) from e
-                    self.load_seconds = time.perf_counter() - started
-        return self._model
+        return self._lazy.get()
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._lazy.load_seconds
 
     def load(self) -> None:
         """Load the model now rather than at the first score."""

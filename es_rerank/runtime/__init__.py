@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -130,4 +132,40 @@ def load_embedder(model: str, *, backend: str = "onnx", batch_size: int = 32, de
                             "ES_RERANK_EMBEDDING_MODEL to a local model folder and HF_HUB_OFFLINE=1") from e
 
 
-__all__ = ["BACKENDS", "load_cross_encoder", "load_embedder", "resolve_model", "model_folder", "model_source"]
+__all__ = ["BACKENDS", "LazyModel", "load_cross_encoder", "load_embedder", "resolve_model", "model_folder",
+           "model_source"]
+
+
+class LazyModel:
+    """A model loaded on first use: once, under a lock (threads share it), timed and logged.
+
+    Args:
+        load: Builds the model (e.g. ``lambda: load_embedder(name)``).
+        what: Named in the log line ("embedder all-MiniLM-L6-v2 (onnx)").
+
+    Example:
+        >>> lazy = LazyModel(lambda: object(), "a model")
+        >>> lazy.get() is lazy.get(), lazy.load_seconds is not None
+        (True, True)
+    """
+
+    def __init__(self, load: Callable[[], Any], what: str):
+        self._load = load
+        self.what = what
+        self.load_seconds: float | None = None
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    started = time.perf_counter()
+                    logger.info("loading %s", self.what)
+                    self._model = self._load()
+                    self.load_seconds = time.perf_counter() - started
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
