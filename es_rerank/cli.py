@@ -193,7 +193,17 @@ def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     ctx.exit(0)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Root(click.Group):
+    """The root group keeps the arguments it was given, so results can record the command as typed."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["es_rerank.argv"] = argv
+        return ctx
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @shared_options
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show es-rerank's, the clients', the server's and the models' versions.")
@@ -592,7 +602,9 @@ def config_cmd(ctx, as_json):
 def _command_line() -> str:
     import shlex
 
-    return _clean(shlex.join(["es-rerank", *sys.argv[1:]]))
+    ctx = click.get_current_context(silent=True)
+    argv = ctx.meta.get("es_rerank.argv") if ctx is not None else None
+    return _clean(shlex.join(["es-rerank", *(sys.argv[1:] if argv is None else argv)]))
 
 
 def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):

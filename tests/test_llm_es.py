@@ -163,7 +163,7 @@ def test_searcher_with_llm_rerankers(kind, llm_settings, es, embedder, sample_in
     assert [h.rerank_rank for h in result.hits] == [1, 2, 3]
     scores = [h.rerank_score for h in result.hits]
     assert scores == sorted(scores, reverse=True)
-    assert result.usage["requests"] >= 1 and result.usage["prompt_tokens"] > 0
+    assert result.usage.requests >= 1 and result.usage.prompt_tokens > 0
 
 
 @pytest.mark.es
