@@ -27,6 +27,7 @@ from .ranking import check_blend, collapse, fallback_count
 from .ranking import rerank as order_and_blend
 from .rerankers import BaseReranker, Reranker, as_reranker, build_reranker
 from .rerankers.base import Scored
+from .runtime import timed_load
 from .types import Hit, SearchResult, Timings, Usage
 
 logger = logging.getLogger(__name__)
@@ -192,16 +193,9 @@ class Searcher:
 
         The first search's timings then measure the search, not the model loading.
         """
-        out = {}
-        started = time.perf_counter()
-        load = getattr(self.embedder, "load", None)
-        if callable(load):
-            load()
-        out["embedder_s"] = time.perf_counter() - started
+        out = {"embedder_s": timed_load(self.embedder)}
         if rerank and self.reranker is not None:
-            started = time.perf_counter()
-            self.reranker.load()
-            out["reranker_s"] = time.perf_counter() - started
+            out["reranker_s"] = timed_load(self.reranker)
         return out
 
     # -- validation -------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def load_embedder(model: str, *, backend: str = "onnx", batch_size: int = 32, de
                             "ES_RERANK_EMBEDDING_MODEL to a local model folder and HF_HUB_OFFLINE=1") from e
 
 
-__all__ = ["BACKENDS", "LazyModel", "load_cross_encoder", "load_embedder", "resolve_model", "model_folder",
+__all__ = ["BACKENDS", "LazyModel", "load_cross_encoder", "timed_load", "load_embedder", "resolve_model", "model_folder",
            "model_source"]
 
 
@@ -169,3 +169,12 @@ class LazyModel:
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+
+def timed_load(model: Any) -> float:
+    """Call ``model.load()`` when it has one (loading it now); returns the seconds it took."""
+    started = time.perf_counter()
+    load = getattr(model, "load", None)
+    if callable(load):
+        load()
+    return time.perf_counter() - started

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
 from ..client import Searcher
+from ..runtime import timed_load
 from ..config import EMBEDDING_BACKENDS, Settings
 from ..embedding import Embedder, ModelEmbedder, build_embedder
 from ..engines import Engine, IndexState, open_engine
@@ -231,16 +232,9 @@ class RerankService:
 
     def warm_up(self) -> dict[str, float]:
         """Load the default embedder and reranker now; returns the seconds each took."""
-        out = {}
-        started = time.perf_counter()
-        load = getattr(self.embedder, "load", None)
-        if callable(load):
-            load()
-        out["embedder_s"] = time.perf_counter() - started
+        out = {"embedder_s": timed_load(self.embedder)}
         if self.default_inference_id is not None:
-            started = time.perf_counter()
-            self.reranker(self.default_inference_id).load()
-            out["reranker_s"] = time.perf_counter() - started
+            out["reranker_s"] = timed_load(self.reranker(self.default_inference_id))
         return out
 
     def close(self) -> None:
