@@ -130,3 +130,20 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     """The walk is not fooled by an import hidden in a function (it must be able to fail)."""
     f = PACKAGE / "runtime" / "__init__.py"
     assert "es_rerank.runtime.heads" in _imports(f)  # imported inside _load_exported only
+
+
+def test_readme_layout_names_every_module_and_only_real_ones():
+    """The README's Layout section names each top-level module and subpackage, and nothing that is gone."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
+    paragraph = section[section.index("`es_rerank/` —"):].split("`tests/`", 1)[0]
+    named = {m.rstrip("/").removesuffix(".py") for m in re.findall(r"`([a-z_]+(?:\.py|/))[^`]*`", paragraph)}
+    named.discard("es_rerank")
+    present = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+               if (p.suffix == ".py" or (p.is_dir() and not p.name.startswith("__")))}
+    assert named - present == set(), "README names modules that do not exist"
+    internal = {"__init__", "__main__", "_versions"}
+    assert present - internal - named == set(), "modules missing from the README's Layout"
+    assert set(LAYERS) - internal <= present
