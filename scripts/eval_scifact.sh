@@ -2,8 +2,8 @@
 # Reproduce results/scifact-test/: eval on both engines, the depth sweep, tune on the train
 # split with the tuned setting evaluated on the test split, and tune cross-validated on test.
 # Needs ../shared/data/scifact and a cross-encoder folder (default: the learned, in-domain
-# ../shared/models/minilm-l6-scifact-ce; the MS MARCO default model is not reachable offline). Uses ES_URL when set, else starts the
-# local Elasticsearch node; OpenSearch at OPENSEARCH_URL, else a local node on 9202.
+# ../shared/models/minilm-l6-scifact-ce; the MS MARCO default model is not reachable offline).
+# Uses ES_URL when set, else starts the local Elasticsearch node; OpenSearch at OPENSEARCH_URL, else a local node on 9202.
 # Each evaluation index is built once per corpus and settings and reused afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
