@@ -132,8 +132,8 @@ def load_embedder(model: str, *, backend: str = "onnx", batch_size: int = 32, de
                             "ES_RERANK_EMBEDDING_MODEL to a local model folder and HF_HUB_OFFLINE=1") from e
 
 
-__all__ = ["BACKENDS", "LazyModel", "load_cross_encoder", "timed_load", "load_embedder", "resolve_model", "model_folder",
-           "model_source"]
+__all__ = ["BACKENDS", "LazyModel", "load_cross_encoder", "load_embedder", "resolve_model", "model_folder",
+           "model_source", "timed_load"]
 
 
 class LazyModel:

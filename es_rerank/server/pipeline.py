@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
 from ..client import Searcher
-from ..runtime import timed_load
 from ..config import EMBEDDING_BACKENDS, Settings
 from ..embedding import Embedder, ModelEmbedder, build_embedder
 from ..engines import Engine, IndexState, open_engine
@@ -33,6 +32,7 @@ from ..engines.base import SOURCE_FIELDS, validate_index_name
 from ..errors import ClusterError, ValidationError
 from ..fusion import fuse_hits
 from ..rerankers import KINDS, BaseReranker, Reranker, Scored, as_reranker, build_reranker
+from ..runtime import timed_load
 from ..types import Hit
 from .batching import BatchedReranker, PairBatcher
 from .errors import ApiError, bad_request
