@@ -18,11 +18,11 @@ from elasticsearch import Elasticsearch
 
 from es_rerank.client import Searcher
 from es_rerank.config import Settings
-from es_rerank.engines.base import num_candidates_for
 from es_rerank.rerankers.base import BaseReranker
 from es_rerank.server import ServerThread, create_app
 
 from conftest import BACKEND, SAMPLE, drop
+from serve_requests import CHUNK_OVERLAP, CHUNK_TOKENS, hybrid_retriever, sample_chunks
 
 pytestmark = pytest.mark.es
 
@@ -61,43 +61,20 @@ def served_index(es_via, engine, embedder):
     """
     from elasticsearch import helpers
 
-    from es_rerank.chunking import Chunker
-    from es_rerank.indexing import chunk_id
     from es_rerank.lifecycle import marker
-    from es_rerank.types import passage_text
 
     name = f"test-serve-{uuid.uuid4().hex[:10]}"
     body = engine.index_body(embedder.dimensions)
     body["mappings"]["_meta"] = marker(alias=name, state="ready", engine="elasticsearch",
                                        embedder=embedder.model_name, embedding_backend=embedder.backend,
-                                       dims=embedder.dimensions, chunk_tokens=48, chunk_overlap=8, analyzer="standard")
+                                       dims=embedder.dimensions, chunk_tokens=CHUNK_TOKENS,
+                                       chunk_overlap=CHUNK_OVERLAP, analyzer="standard")
     es_via.indices.create(index=name, **body)
-    chunker = Chunker(embedder.offsets, size=48, overlap=8)
-    docs = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
-    actions = []
-    for doc in docs:
-        chunks = chunker.split(doc["text"])
-        vectors = embedder.embed_documents([passage_text(doc["title"], c.text) for c in chunks])
-        for n, (c, vector) in enumerate(zip(chunks, vectors)):
-            actions.append({"_index": name, "_id": chunk_id(doc["id"], n), "_source": {
-                "doc_id": doc["id"], "chunk": n, "char_start": c.char_start, "char_end": c.char_end,
-                "title": doc["title"], "text": c.text, "metadata": doc.get("metadata", {}),
-                "embedding": [float(x) for x in vector]}})
+    actions, n_docs = sample_chunks(embedder, name)
     ok, errors = helpers.bulk(es_via, actions, chunk_size=50, refresh=True)
-    assert ok == len(actions) > len(docs) and not errors  # several chunks per document: collapse matters
+    assert ok == len(actions) > n_docs and not errors  # several chunks per document: collapse matters
     yield name, len(actions)
     drop(engine, name)
-
-
-def hybrid_retriever(query, depth, **reranker):
-    return {"text_similarity_reranker": {
-        "retriever": {"rrf": {"retrievers": [
-            {"standard": {"query": {"bool": {"must": [
-                {"multi_match": {"query": query, "fields": ["text", "title"]}}]}}}},
-            {"knn": {"field": "embedding", "k": depth, "num_candidates": num_candidates_for(depth),
-                     "query_vector_builder": {"text_embedding": {"model_text": query}}}},
-        ], "rank_constant": 60, "rank_window_size": depth}},
-        "field": "text", "inference_text": query, "rank_window_size": depth, **reranker}}
 
 
 def searcher_for(index, es_url, embedding_model_path, cross_encoder_path, engine, embedder, reranker):

@@ -6,8 +6,6 @@ becomes OpenSearch's ``knn`` query, fusion runs in Python, and the results equal
 :meth:`es_rerank.Searcher.search` on the same node.
 """
 
-import json
-import os
 import uuid
 
 import httpx
@@ -16,10 +14,10 @@ import pytest
 from es_rerank.client import Searcher
 from es_rerank.config import Settings
 from es_rerank.engines import OpenSearchEngine
-from es_rerank.engines.base import num_candidates_for
 from es_rerank.server import ServerThread, create_app
 
-from conftest import BACKEND, SAMPLE
+from conftest import BACKEND
+from serve_requests import CHUNK_OVERLAP, CHUNK_TOKENS, hybrid_retriever, sample_chunks
 
 pytestmark = pytest.mark.es
 
@@ -51,47 +49,21 @@ def os_index(os_server, os_engine, embedder):
     """An es-rerank index on OpenSearch, created and bulk-loaded with opensearch-py through the server."""
     from opensearchpy import OpenSearch, helpers
 
-    from es_rerank.chunking import Chunker
-    from es_rerank.indexing import chunk_id
     from es_rerank.lifecycle import marker
-    from es_rerank.types import passage_text
 
     name = f"test-serve-os-{uuid.uuid4().hex[:8]}"
     body = os_engine.index_body(embedder.dimensions)
     body["mappings"]["_meta"] = marker(alias=name, state="ready", engine="opensearch", embedder=embedder.model_name,
-                                       embedding_backend=embedder.backend, dims=embedder.dimensions, chunk_tokens=48,
-                                       chunk_overlap=8, analyzer="standard")
+                                       embedding_backend=embedder.backend, dims=embedder.dimensions,
+                                       chunk_tokens=CHUNK_TOKENS, chunk_overlap=CHUNK_OVERLAP, analyzer="standard")
     client = OpenSearch(os_server.url, timeout=60)
     client.indices.create(index=name, body=body)
-    chunker = Chunker(embedder.offsets, size=48, overlap=8)
-    actions = []
-    for line in SAMPLE.read_text().splitlines():
-        if not line.strip():
-            continue
-        doc = json.loads(line)
-        chunks = chunker.split(doc["text"])
-        vectors = embedder.embed_documents([passage_text(doc["title"], c.text) for c in chunks])
-        for n, (c, vector) in enumerate(zip(chunks, vectors)):
-            actions.append({"_index": name, "_id": chunk_id(doc["id"], n), "_source": {
-                "doc_id": doc["id"], "chunk": n, "char_start": c.char_start, "char_end": c.char_end,
-                "title": doc["title"], "text": c.text, "metadata": doc.get("metadata", {}),
-                "embedding": [float(x) for x in vector]}})
+    actions, n_docs = sample_chunks(embedder, name)
     ok, errors = helpers.bulk(client, actions, chunk_size=50, refresh=True)
-    assert ok == len(actions) and not errors
+    assert ok == len(actions) > n_docs and not errors
     yield name, client, len(actions)
     client.close()
     os_engine.request("DELETE", f"/{name}")
-
-
-def retriever(query, depth):
-    return {"text_similarity_reranker": {
-        "retriever": {"rrf": {"retrievers": [
-            {"standard": {"query": {"bool": {"must": [
-                {"multi_match": {"query": query, "fields": ["text", "title"]}}]}}}},
-            {"knn": {"field": "embedding", "k": depth, "num_candidates": num_candidates_for(depth),
-                     "query_vector_builder": {"text_embedding": {"model_text": query}}}},
-        ], "rank_constant": 60, "rank_window_size": depth}},
-        "field": "text", "inference_text": query, "rank_window_size": depth}}
 
 
 def test_reranked_search_equals_searcher_on_opensearch(os_index, os_url, os_engine, embedding_model_path,
@@ -102,7 +74,7 @@ def test_reranked_search_equals_searcher_on_opensearch(os_index, os_url, os_engi
                         embedding_backend=BACKEND)
     searcher = Searcher(settings, engine=os_engine, embedder=embedder, reranker=reranker)
     for query in QUERIES:
-        resp = client.search(index=name, body={"retriever": retriever(query, 20), "size": 3})
+        resp = client.search(index=name, body={"retriever": hybrid_retriever(query, 20), "size": 3})
         expected = searcher.search(query, depth=20, final_k=3)
         assert expected.fusion == "client"
         assert [h["_id"] for h in resp["hits"]["hits"]] == [h.chunk_id for h in expected.hits]
@@ -115,12 +87,12 @@ def test_passthrough_and_headers_on_opensearch(os_index, os_server, os_url):
     name, client, chunks = os_index
     assert client.count(index=name)["count"] == chunks
     assert client.indices.get_mapping(index=name) == httpx.get(f"{os_url}/{name}/_mapping").json()
-    ours = httpx.post(f"{os_server.url}/{name}/_search", json={"retriever": retriever("reset my password", 10),
+    ours = httpx.post(f"{os_server.url}/{name}/_search", json={"retriever": hybrid_retriever("reset my password", 10),
                                                                 "size": 2}, timeout=60)
     assert ours.status_code == 200 and "x-elastic-product" not in ours.headers  # not Elasticsearch: not claimed
     theirs = httpx.get(f"{os_server.url}/")
     assert theirs.json()["version"]["distribution"] == "opensearch"
-    similarity = retriever("x", 10)
+    similarity = hybrid_retriever("x", 10)
     similarity["text_similarity_reranker"]["retriever"]["rrf"]["retrievers"][1]["knn"]["similarity"] = 0.5
     refused = httpx.post(f"{os_server.url}/{name}/_search", json={"retriever": similarity}, timeout=60)
     assert refused.status_code == 400 and "not supported on OpenSearch" in refused.json()["error"]["reason"]
