@@ -71,17 +71,24 @@ class Chunker:
         size: Tokens per chunk. Defaults to 200 (fits MiniLM's 256-token window with a
             title, and a 512-token cross-encoder with the query).
         overlap: Tokens shared by consecutive chunks. Defaults to 40.
+        max_chars: Characters per chunk at most. A token can be very long (a tokenizer may read a
+            run of Thai, or any text without spaces, as one token): such a chunk is cut further,
+            at whitespace where there is some. Defaults to 4000.
 
     Example:
         >>> [c.text for c in Chunker(size=3, overlap=1).split("a b c d e")]
         ['a b c', 'c d e']
     """
 
-    def __init__(self, tokenize: OffsetTokenizer | None = None, *, size: int = 200, overlap: int = 40):
+    def __init__(self, tokenize: OffsetTokenizer | None = None, *, size: int = 200, overlap: int = 40,
+                 max_chars: int = 4000):
         chunk_spans(0, size, overlap)  # validates size and overlap now, not at the first document
+        if max_chars < 1:
+            raise ConfigError(f"max_chars must be >= 1, got {max_chars}")
         self._tokenize = tokenize if tokenize is not None else word_offsets
         self.size = size
         self.overlap = overlap
+        self.max_chars = max_chars
 
     def split(self, text: str) -> list[TextChunk]:
         """Chunks of ``text``, in order; an empty list for text without tokens."""
@@ -89,5 +96,27 @@ class Chunker:
         chunks = []
         for start, end in chunk_spans(len(offsets), self.size, self.overlap):
             lo, hi = offsets[start][0], offsets[end - 1][1]
-            chunks.append(TextChunk(text[lo:hi], lo, hi))
+            for a, b in char_spans(text, lo, hi, self.max_chars):
+                chunks.append(TextChunk(text[a:b], a, b))
         return chunks
+
+
+def char_spans(text: str, lo: int, hi: int, max_chars: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` cut into pieces of at most ``max_chars``, at the last whitespace of each where there is one.
+
+    Example:
+        >>> char_spans("aaaa bbbb cccc", 0, 14, 6)
+        [(0, 5), (5, 10), (10, 14)]
+        >>> char_spans("abcdefgh", 0, 8, 3)
+        [(0, 3), (3, 6), (6, 8)]
+    """
+    spans = []
+    while hi - lo > max_chars:
+        cut = lo + max_chars
+        space = max(text.rfind(" ", lo + 1, cut + 1), text.rfind("\n", lo + 1, cut + 1))
+        if space > lo + max_chars // 2:
+            cut = space + 1
+        spans.append((lo, cut))
+        lo = cut
+    spans.append((lo, hi))
+    return spans

@@ -214,11 +214,15 @@ def cli(ctx: click.Context):
     _configure_logging(ctx.obj.get("verbose", 0))
 
 
+def exit_on_signal(signum: int, frame: Any = None) -> None:
+    """SIGTERM unwinds like Ctrl-C: the index lifecycle settles what it started on the way out."""
+    sys.exit(128 + signum)
+
+
 def main() -> None:
     import signal
 
-    # a SIGTERM unwinds like Ctrl-C: an unfinished index build is deleted on the way out
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, exit_on_signal)
     cli(prog_name="es-rerank")
 
 
@@ -306,7 +310,7 @@ def _progress_bar(desc: str, unit: str, enabled: bool, total: int | None = None)
 
 
 def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, progress: bool, include_hidden: bool,
-               follow_symlinks: bool):
+               follow_symlinks: bool, allow_rejected: bool):
     from .embedding import build_embedder
     from .indexing import index_paths
 
@@ -322,7 +326,7 @@ def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, pr
     try:
         return index_paths(engine, paths, settings=s, embedder=build_embedder(s), recreate=recreate,
                            bulk_chunk_size=bulk_size, include_hidden=include_hidden, follow_symlinks=follow_symlinks,
-                           on_progress=on_progress)
+                           allow_rejected=allow_rejected, on_progress=on_progress)
     finally:
         bar.close()
 
@@ -332,7 +336,9 @@ def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, pr
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--recreate", is_flag=True,
               help="Build a new index and swap it in when complete (the current one serves until then).")
-@click.option("--skip-bad", is_flag=True, help="Exit 0 even when records were rejected (they are still reported).")
+@click.option("--skip-bad", is_flag=True,
+              help="Accept rejected records: exit 0 and switch a new build in anyway (they are still reported). "
+                   "Without it a build with rejections is not switched in and the previous index serves on.")
 @setting_option("chunk_tokens", "--chunk-tokens")
 @setting_option("chunk_overlap", "--chunk-overlap")
 @setting_option("embed_batch_size", "--embed-batch-size")
@@ -354,36 +360,55 @@ def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed
     for .txt and .md files. Every rejected record is reported with its line.
     """
     from .engines import open_engine
+    from .errors import BuildRejectedError
 
     if bulk_size < 1:
         raise click.BadParameter(f"must be >= 1, got {bulk_size}", param_hint="--bulk-size")
     s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size,
                   max_document_chars=max_document_chars, analyzer=analyzer)
+    refused = None
     with open_engine(s) as engine:
-        report = _run_index(s, engine, paths, recreate=recreate, bulk_size=bulk_size, progress=progress,
-                            include_hidden=include_hidden, follow_symlinks=follow_symlinks)
+        try:
+            report = _run_index(s, engine, paths, recreate=recreate, bulk_size=bulk_size, progress=progress,
+                                include_hidden=include_hidden, follow_symlinks=follow_symlinks,
+                                allow_rejected=skip_bad)
+        except BuildRejectedError as e:  # the report still says what was read and why each record was refused
+            if e.report is None:
+                raise
+            report, refused = e.report, e
     if as_json:
-        _echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        _echo(json.dumps({**report.to_dict(), "switched": report.rebuilt and refused is None}, indent=2,
+                         ensure_ascii=False))
     else:
-        how = f"built {report.concrete} and switched {report.index} to it" if report.rebuilt else \
-            f"wrote into {report.concrete}"
-        _echo(f"index {report.index}: {report.documents_read} documents read, {report.documents_indexed} indexed "
-              f"as {report.chunks_indexed} chunks, {len(report.rejected)} rejected "
-              f"({report.seconds:.1f}s, {report.docs_per_second:.1f} docs/s; {how})")
-        if report.replaced:
-            _echo(f"replaced and deleted {', '.join(report.replaced)}")
-        if report.stale_chunks_deleted:
-            _echo(f"removed {report.stale_chunks_deleted} chunks left over from longer earlier versions")
-        if report.skipped:
-            _echo(f"skipped {len(report.skipped)} files (use --include-hidden / --follow-symlinks where meant):",
-                  err=True)
-            for path, why in report.skipped:
-                _echo(f"  skipped {path}: {why}", err=True)
-        for r in report.rejected:
-            ident = f" id={r.doc_id}" if r.doc_id else ""
-            _echo(f"rejected {r.where()}{ident}: {r.reason}", err=True)
+        _print_index_report(report, switched=refused is None)
+    if refused is not None:
+        raise click.ClickException(_clean(str(refused)))
     if report.rejected and not skip_bad:
         sys.exit(1)
+
+
+def _print_index_report(report, *, switched: bool) -> None:
+    if not report.rebuilt:
+        how = f"wrote into {report.concrete}"
+    elif switched:
+        how = f"built {report.concrete} and switched {report.index} to it"
+    else:
+        how = f"built {report.concrete} but did not switch {report.index} to it"
+    _echo(f"index {report.index}: {report.documents_read} documents read, {report.documents_indexed} indexed "
+          f"as {report.chunks_indexed} chunks, {len(report.rejected)} rejected "
+          f"({report.seconds:.1f}s, {report.docs_per_second:.1f} docs/s; {how})")
+    if report.replaced and switched:
+        _echo(f"replaced and deleted {', '.join(report.replaced)}")
+    if report.stale_chunks_deleted:
+        _echo(f"removed {report.stale_chunks_deleted} chunks left over from longer earlier versions")
+    if report.skipped:
+        _echo(f"skipped {len(report.skipped)} files (use --include-hidden / --follow-symlinks where meant):",
+              err=True)
+        for path, why in report.skipped:
+            _echo(f"  skipped {path}: {why}", err=True)
+    for r in report.rejected:
+        ident = f" id={r.doc_id}" if r.doc_id else ""
+        _echo(f"rejected {r.where()}{ident}: {r.reason}", err=True)
 
 
 # -- query ---------------------------------------------------------------------------------
@@ -533,8 +558,11 @@ def indices_cmd(ctx, as_json):
         return
     _echo(f"{'name':<30} {'index':<42} {'docs':>8} {'chunks':>8} {'dims':>5}  {'created':<25} embedder")
     for r in rows:
-        _echo(f"{r.name:<30} {r.index:<42} {r.documents:>8} {r.chunks:>8} {r.dims or '-':>5}  "
+        docs = "-" if r.documents is None else r.documents
+        _echo(f"{r.name:<30} {r.index:<42} {docs:>8} {r.chunks:>8} {r.dims or '-':>5}  "
               f"{r.created or '-':<25} {r.embedder or '-'}" + ("" if r.state in (None, "ready") else f" [{r.state}]"))
+        if r.problem:
+            _echo(f"  {r.name}: cannot be read: {r.problem}", err=True)
 
 
 @cli.command("delete")
@@ -544,10 +572,11 @@ def indices_cmd(ctx, as_json):
 @click.pass_context
 @_fail_cleanly
 def delete_cmd(ctx, name, yes):
-    """Delete an es-rerank index (by its name or alias). Indices es-rerank did not create are refused."""
+    """Delete an es-rerank index (by its name or alias). Indices es-rerank did not create are refused,
+    and so are indices another alias also serves (every alias affected is named)."""
     from .engines import open_engine, validate_index_name
     from .errors import IndexMissingError
-    from .lifecycle import delete, require_owned
+    from .lifecycle import delete, require_owned, require_sole_alias
 
     validate_index_name(name)
     with open_engine(_settings(ctx)) as engine:
@@ -555,8 +584,11 @@ def delete_cmd(ctx, name, yes):
         if state.kind == "missing":
             raise IndexMissingError(name)
         require_owned(state)
+        require_sole_alias(state, action="deleting it")
         if not yes:
-            click.confirm(_clean(f"delete {name} ({', '.join(state.indices)})?"), abort=True)
+            served = ", ".join(f"{i} (aliases: {', '.join(state.aliases.get(i, ())) or 'none'})"
+                               for i in state.indices)
+            click.confirm(_clean(f"delete {name}: {served}?"), abort=True)
         deleted = delete(engine, name)
     _echo(f"deleted {', '.join(deleted)}")
 

@@ -119,6 +119,10 @@ class Settings:
     chunk_tokens: int = _setting(200, "ES_RERANK_CHUNK_TOKENS", "tokens per chunk")
     chunk_overlap: int = _setting(40, "ES_RERANK_CHUNK_OVERLAP", "tokens shared by neighbouring chunks")
     embed_batch_size: int = _setting(32, "ES_RERANK_EMBED_BATCH_SIZE", "chunks per embedding batch")
+    max_chunk_chars: int = _setting(4000, "ES_RERANK_MAX_CHUNK_CHARS",
+                                    "characters per chunk at most (text without spaces can be one long token)")
+    lease_ttl: float = _setting(120.0, "ES_RERANK_LEASE_TTL",
+                                "seconds an index's lease lasts unless renewed (one run changes a name at a time)")
     max_document_chars: int = _setting(1_000_000, "ES_RERANK_MAX_DOCUMENT_CHARS",
                                        "longer documents (text and title) are rejected")
     rerank_batch_size: int = _setting(32, "ES_RERANK_RERANK_BATCH_SIZE", "pairs per cross-encoder batch")
@@ -196,10 +200,10 @@ class Settings:
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise bad("chunk_overlap", f"chunk_overlap must be >= 0 and < chunk_tokens ({self.chunk_tokens}), "
                                        f"got {self.chunk_overlap}")
-        for name in ("request_timeout", "llm_timeout", "serve_timeout"):
+        for name in ("request_timeout", "llm_timeout", "serve_timeout", "lease_ttl"):
             if getattr(self, name) <= 0:
                 raise bad(name, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("embed_batch_size", "rerank_batch_size", "max_document_chars", "llm_concurrency",
+        for name in ("embed_batch_size", "rerank_batch_size", "max_document_chars", "max_chunk_chars", "llm_concurrency",
                      "serve_queue", "serve_max_body", "serve_max_window"):
             if getattr(self, name) < 1:
                 raise bad(name, f"{name} must be >= 1, got {getattr(self, name)}")

@@ -152,3 +152,57 @@ class IndexingError(EsRerankError):
     def __init__(self, message: str, report: Any = None):
         super().__init__(message)
         self.report = report
+
+
+class LeaseHeldError(EsRerankError):
+    """Another es-rerank run holds the lease on this name (one build or write per alias at a time).
+
+    Attributes:
+        index: The alias.
+        owner: Who holds it (``host pid N``), as recorded in the lease.
+        expires: When the lease runs out unless renewed (ISO 8601, UTC).
+    """
+
+    def __init__(self, index: str, owner: str, expires: str):
+        super().__init__(f"another es-rerank run ({owner}) is changing {index!r} and holds its lease until {expires} "
+                         "(UTC); nothing was changed. Wait for that run to finish, or, if it was killed, for the "
+                         "lease to run out (ES_RERANK_LEASE_TTL)")
+        self.index = index
+        self.owner = owner
+        self.expires = expires
+
+
+class LeaseLostError(EsRerankError):
+    """This run's lease was taken over (it ran out while the run was stalled); nothing more is changed."""
+
+    def __init__(self, index: str):
+        super().__init__(f"this run lost its lease on {index!r} (it ran out while the run was stalled and another "
+                         f"run took it over); stopping without switching {index!r}")
+        self.index = index
+
+
+class BuildRejectedError(IndexingError):
+    """A finished build failed its acceptance rule and was not swapped in (the previous index serves on).
+
+    Attributes:
+        index: The alias.
+        reasons: Why the build was refused.
+    """
+
+    def __init__(self, index: str, reasons: list[str], report: Any = None):
+        super().__init__(f"the new build of {index!r} was not switched in: {'; '.join(reasons)}", report)
+        self.index = index
+        self.reasons = list(reasons)
+
+
+class UncertainStateError(ClusterError):
+    """A state change got no answer and reading the cluster could not settle what happened.
+
+    Attributes:
+        index: The alias or index concerned.
+        state: What could be read (the message says it in words).
+    """
+
+    def __init__(self, message: str, *, index: str, url: str | None = None):
+        super().__init__(message, url=url)
+        self.index = index

@@ -17,7 +17,7 @@ LAYERS = {
     "_versions": 0, "errors": 0, "redact": 0, "types": 0,
     "config": 1, "chunking": 1, "fusion": 1, "ranking": 1,
     "runtime": 2, "engines": 2,
-    "embedding": 3, "rerankers": 3, "sources": 3,
+    "embedding": 3, "rerankers": 3, "sources": 3, "leases": 3,
     "lifecycle": 4, "client": 4,
     "indexing": 5,
     "evaluate": 6, "export": 6, "server": 6, "cluster": 6,

@@ -64,6 +64,21 @@ def validate_index_name(name: str) -> str:
     return name
 
 
+def invalid_url_message(safe_url: str) -> str:
+    """Why a URL was refused, without the parser's own words (they can quote a piece of a password)."""
+    return (f"ES_URL {safe_url!r} is not a valid URL: expected scheme://[user:password@]host[:port]; "
+            "percent-encode '/', '#', '?' and '@' in a user name or password (or set ES_USERNAME/ES_PASSWORD)")
+
+
+def writer_alias(index: str) -> str:
+    """The private alias a build of es-rerank writes through (bulk with ``require_alias``).
+
+    Writes through an alias can never create an index: if the build was deleted, its
+    writer alias went with it, and the writes fail instead of auto-creating a new index.
+    """
+    return f"{index}-writer"
+
+
 def _load_mapping_file(file_name: str) -> dict[str, Any]:
     raw = (resources.files("es_rerank") / "mappings" / file_name).read_text(encoding="utf-8")
     return json.loads(raw)
@@ -99,6 +114,11 @@ class IndexState:
     kind: str
     indices: tuple[str, ...] = ()
     metas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def other_aliases(self, index: str, *, besides: str) -> tuple[str, ...]:
+        """Aliases of ``index`` other than ``besides`` and the index's own build writer."""
+        return tuple(a for a in self.aliases.get(index, ()) if a not in (besides, writer_alias(index)))
 
     def marker(self, index: str) -> Mapping[str, Any] | None:
         """es-rerank's marker of a concrete index (legacy indices get a minimal one), or None."""
@@ -163,9 +183,11 @@ class Engine(ABC):
 
     @abstractmethod
     def _perform(self, method: str, path: str, *, body: Any, params: Mapping[str, Any] | None,
-                 headers: Mapping[str, str]) -> Any:
+                 headers: Mapping[str, str], retry: bool = True) -> Any:
         """Send one request with the library's transport; return the decoded body.
 
+        ``retry=False``: the transport sends it once (no retry after a timeout, a lost
+        connection or a 5xx), for requests that change state and are not idempotent.
         Raises the library's own exceptions; :meth:`request` translates them.
         """
 
@@ -192,7 +214,7 @@ class Engine(ABC):
     # -- transport ----------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
-                headers: Mapping[str, str] | None = None, index: str | None = None) -> Any:
+                headers: Mapping[str, str] | None = None, index: str | None = None, retry: bool = True) -> Any:
         """Send a REST request; return the decoded JSON body.
 
         Args:
@@ -202,6 +224,9 @@ class Engine(ABC):
             params: Query-string parameters.
             headers: Extra headers (e.g. a caller's ``Authorization``).
             index: The index the request is about, so a 404 becomes ``IndexMissingError``.
+            retry: Let the client retry after a timeout or a lost connection. False for
+                requests whose outcome must be read back instead (see :mod:`es_rerank.lifecycle`).
+                Defaults to True.
 
         Raises:
             IndexMissingError: ``index`` does not exist.
@@ -212,7 +237,7 @@ class Engine(ABC):
             h["content-type"] = "application/x-ndjson" if isinstance(body, str) else "application/json"
         h.update(headers or {})
         try:
-            return self._perform(method, path, body=body, params=params, headers=h)
+            return self._perform(method, path, body=body, params=params, headers=h, retry=retry)
         except Exception as e:  # noqa: BLE001 - translated below, re-raised otherwise
             ours = self._translate(e)
             if ours is None:
@@ -554,8 +579,9 @@ class Engine(ABC):
             return IndexState(name, "missing")
         indices = tuple(sorted(resp))
         metas = {i: (resp[i].get("mappings") or {}).get("_meta") or {} for i in indices}
+        aliases = {i: tuple(sorted(resp[i].get("aliases") or {})) for i in indices}
         kind = "index" if indices == (name,) else "alias"
-        return IndexState(name, kind, indices, metas)
+        return IndexState(name, kind, indices, metas, aliases)
 
     def get_mapping(self, index: str) -> dict[str, dict[str, Any]]:
         """Concrete index -> its ``mappings``."""
@@ -572,23 +598,50 @@ class Engine(ABC):
                or DEFAULT_MAX_RESULT_WINDOW)
         return int(raw)
 
+    def _master_timeout(self) -> str:
+        # a state change still queued on the master when this client gives up would apply later,
+        # unseen: bound its wait by the client's own timeout
+        return f"{max(1, int(self.settings.request_timeout))}s"
+
     def create_index(self, name: str, body: Mapping[str, Any]) -> None:
+        """Create ONE index, sent once (the caller reads the state back after a timeout)."""
         validate_index_name(name)
-        self.request("PUT", f"/{name}", body=dict(body))
+        self.request("PUT", f"/{name}", body=dict(body), params={"master_timeout": self._master_timeout()},
+                     retry=False)
 
     def delete_index(self, name: str) -> None:
-        """Delete ONE concrete index (the caller checked it is es-rerank's)."""
+        """Delete ONE concrete index, sent once (the caller checked it is es-rerank's and unserved)."""
         validate_index_name(name)
-        self.request("DELETE", f"/{name}", params={"expand_wildcards": "none"}, index=name)
+        self.request("DELETE", f"/{name}", params={"expand_wildcards": "none",
+                                                   "master_timeout": self._master_timeout()},
+                     index=name, retry=False)
 
     def update_aliases(self, actions: Sequence[Mapping[str, Any]]) -> None:
-        """Apply alias actions atomically (``add``, ``remove``, ``remove_index``)."""
+        """Apply alias actions atomically (``add``, ``remove``, ``remove_index``), sent once."""
         for action in actions:
             (op, spec), = action.items()
             for key in ("index", "alias"):
                 if key in spec:
                     validate_index_name(spec[key])
-        self.request("POST", "/_aliases", body={"actions": [dict(a) for a in actions]})
+        self.request("POST", "/_aliases", body={"actions": [dict(a) for a in actions]},
+                     params={"master_timeout": self._master_timeout()}, retry=False)
+
+    def wait_for_pending(self, *, timeout: float) -> bool:
+        """Wait until the master has no queued cluster-state change left; False if it still has after ``timeout``.
+
+        After an unanswered state change, this makes the next read final: a request queued
+        on the master has then been applied or has failed.
+        """
+        # the cluster must answer before this client gives up on the request
+        wait = max(0.1, min(timeout, 0.8 * self.settings.request_timeout))
+        try:
+            resp = self.request("GET", "/_cluster/health", params={"wait_for_events": "languid",
+                                                                 "timeout": f"{int(wait * 1000)}ms"})
+        except ClusterError as e:
+            if e.status == 408:  # the cluster says: timed out waiting
+                return False
+            raise
+        return not resp.get("timed_out", False)
 
     def put_meta(self, index: str, meta: Mapping[str, Any]) -> None:
         self.request("PUT", f"/{index}/_mapping", body={"_meta": dict(meta)}, index=index)
@@ -642,15 +695,18 @@ class Engine(ABC):
         """The client library's ``helpers.streaming_bulk``."""
 
     def streaming_bulk(self, actions: Iterable[Mapping[str, Any]], *, chunk_size: int, max_retries: int,
-                       initial_backoff: float, max_backoff: float) -> Iterator[tuple[bool, dict[str, Any]]]:
+                       initial_backoff: float, max_backoff: float,
+                       require_alias: bool = False) -> Iterator[tuple[bool, dict[str, Any]]]:
         """The library's ``streaming_bulk``: per-item results, 429s retried with backoff; errors translated.
 
         Items retried after a 429 come back after the rest of their chunk: match results by
-        operation and ``_id``, never by position.
+        operation and ``_id``, never by position. ``require_alias``: every ``_index`` is an
+        alias, and an item whose alias is gone fails instead of creating an index.
         """
+        extra = {"require_alias": "true"} if require_alias else {}
         results = self._bulk_helper()(self.client, actions, chunk_size=chunk_size, raise_on_error=False,
                                       raise_on_exception=True, max_retries=max_retries,
-                                      initial_backoff=initial_backoff, max_backoff=max_backoff)
+                                      initial_backoff=initial_backoff, max_backoff=max_backoff, **extra)
         try:
             yield from results
         except Exception as e:  # noqa: BLE001 - translated, else re-raised

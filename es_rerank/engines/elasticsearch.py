@@ -6,7 +6,7 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from ..errors import ClusterError
-from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine, num_candidates_for
+from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine, invalid_url_message, num_candidates_for
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +36,14 @@ class ElasticsearchEngine(Engine):
             kwargs["basic_auth"] = (s.username, s.password)
         try:
             return Elasticsearch(**kwargs)
-        except ValueError as e:  # a URL that does not parse (bad port, stray characters)
-            raise ClusterError(f"ES_URL {s.safe_url!r} is not a valid URL: {s.redact(str(e))}",
+        except ValueError:  # a URL that does not parse (bad port, stray characters)
+            raise ClusterError(invalid_url_message(s.safe_url),
                                url=s.safe_url) from None
 
     def _perform(self, method: str, path: str, *, body: Any, params: Mapping[str, Any] | None,
-                 headers: Mapping[str, str]) -> Any:
-        resp = self.client.perform_request(method, path, params=params, headers=headers, body=body)
+                 headers: Mapping[str, str], retry: bool = True) -> Any:
+        client = self.client if retry else self.client.options(max_retries=0, retry_on_timeout=False)
+        resp = client.perform_request(method, path, params=params, headers=headers, body=body)
         return resp.body
 
     def _translate(self, error: Exception) -> Exception | None:

@@ -14,7 +14,7 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from ..errors import ClusterError, ValidationError
-from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine
+from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine, invalid_url_message
 
 logger = logging.getLogger(__name__)
 
@@ -28,29 +28,48 @@ class OpenSearchEngine(Engine):
     mapping_file = "opensearch.json"
     vector_type = "knn_vector"
     dims_key = "dimension"
+    _client_once: Any = None
 
-    def _make_client(self) -> Any:
+    def _make_client(self, *, retries: bool = True) -> Any:
         from opensearchpy import OpenSearch
 
         s = self.settings
         kwargs = s.client_kwargs()
         kwargs["timeout"] = kwargs.pop("request_timeout")
-        kwargs.update(max_retries=3, retry_on_timeout=True, retry_on_status=(429, 502, 503, 504))
+        if retries:
+            kwargs.update(max_retries=3, retry_on_timeout=True, retry_on_status=(429, 502, 503, 504))
+        else:
+            kwargs.update(max_retries=0, retry_on_timeout=False, retry_on_status=())
         if s.api_key is not None:
             kwargs["headers"] = {"authorization": f"ApiKey {s.api_key}"}
         if s.username is not None:
             kwargs["http_auth"] = (s.username, s.password)
         try:
             return OpenSearch(**kwargs)
-        except (ValueError, TypeError) as e:
-            raise ClusterError(f"ES_URL {s.safe_url!r} is not a valid URL: {s.redact(str(e))}",
+        except (ValueError, TypeError):
+            raise ClusterError(invalid_url_message(s.safe_url),
                                url=s.safe_url) from None
 
     def _perform(self, method: str, path: str, *, body: Any, params: Mapping[str, Any] | None,
-                 headers: Mapping[str, str]) -> Any:
+                 headers: Mapping[str, str], retry: bool = True) -> Any:
         if isinstance(body, str):
             body = body.encode("utf-8")
-        return self.client.transport.perform_request(method, path, params=params, body=body, headers=headers)
+        client = self.client if retry or not self._own_client else self._once_client()
+        return client.transport.perform_request(method, path, params=params, body=body, headers=headers)
+
+    def _once_client(self) -> Any:
+        """A second client that never retries (opensearch-py has no per-request retry option)."""
+        if self._client_once is None:
+            with self._lock:
+                if self._client_once is None:
+                    self._client_once = self._make_client(retries=False)
+        return self._client_once
+
+    def close(self) -> None:
+        super().close()
+        if self._client_once is not None:
+            self._client_once.close()
+            self._client_once = None
 
     def _translate(self, error: Exception) -> Exception | None:
         from opensearchpy import exceptions as ex
