@@ -305,9 +305,9 @@ def cluster_status(port, cluster_engine, as_json):
 # -- index ---------------------------------------------------------------------------------
 
 class _LineProgress:
-    """Progress for a log rather than a terminal: a plain line at each tenth of the total (or every
-    30 s while the total is unknown), with counts, rate and time; tqdm's redraws would pile up on one
-    line there. Offers the part of tqdm's interface the index command uses.
+    """Progress for a log rather than a terminal: a plain line at each tenth of the total (at most one
+    a second; every 30 s while the total is unknown), with counts, rate and time; tqdm's redraws
+    would pile up on one line there. Offers the part of tqdm's interface the index command uses.
     """
 
     def __init__(self, desc: str, unit: str, total: int | None = None, every_s: float = 30.0):
@@ -325,7 +325,8 @@ class _LineProgress:
         now = time.perf_counter()
         if self.total:
             tenth = min(10, self.n * 10 // self.total)
-            if tenth > self._tenth:
+            # at most one line a second (a batch can finish many documents at once), and the last
+            if tenth > self._tenth and (now - self._last >= 1.0 or self.n >= self.total):
                 self._tenth = tenth
                 self._line(now)
         elif now - self._last >= self.every_s:

@@ -132,8 +132,9 @@ class Timings:
     ``es_took_ms`` is the part Elasticsearch reports spending itself (``took``);
     ``rerank_ms`` is scoring only; ``model_load_ms`` is the models loaded during this search
     (the first one, unless :meth:`~es_rerank.Searcher.load_models` ran before; else 0).
-    ``total_ms`` is the whole call: ``model_load_ms + retrieval_ms + rerank_ms`` plus a few
-    milliseconds of checks and collapsing.
+    ``total_ms`` is the whole call: ``model_load_ms + retrieval_ms + rerank_ms`` plus the
+    checks (a few milliseconds; a searcher's first search also detects the engine and reads
+    the index's mapping).
     """
 
     embed_ms: float = 0.0
