@@ -128,6 +128,11 @@ def _echo(text: str = "", *, err: bool = False) -> None:
     click.echo(_clean(text), err=err)
 
 
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    """``1 result``, ``3 results``."""
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
 def _fail_cleanly(fn):
     """Library errors become one-line messages with exit code 1; nothing unredacted escapes."""
 
@@ -303,17 +308,69 @@ def cluster_status(port, cluster_engine, as_json):
 
 # -- index ---------------------------------------------------------------------------------
 
+class _LineProgress:
+    """Progress for a log rather than a terminal: a plain line at each tenth of the total (at most one
+    a second; every 30 s while the total is unknown), with counts, rate and time; tqdm's redraws
+    would pile up on one line there. Offers the part of tqdm's interface the index command uses.
+    """
+
+    def __init__(self, desc: str, unit: str, total: int | None = None, every_s: float = 30.0):
+        self.desc, self.unit, self.total, self.n = desc, unit, total, 0
+        self.every_s = every_s
+        self._started = self._last = time.perf_counter()
+        self._tenth = 0
+        self._shown = -1
+
+    def refresh(self) -> None:
+        pass
+
+    def update(self, k: int) -> None:
+        self.n += k
+        now = time.perf_counter()
+        if self.total:
+            tenth = min(10, self.n * 10 // self.total)
+            # at most one line a second (a batch can finish many documents at once), and the last
+            if tenth > self._tenth and (now - self._last >= 1.0 or self.n >= self.total):
+                self._tenth = tenth
+                self._line(now)
+        elif now - self._last >= self.every_s:
+            self._line(now)
+
+    def close(self) -> None:
+        if self.n != self._shown:
+            self._line(time.perf_counter())
+
+    def _line(self, now: float) -> None:
+        elapsed = now - self._started
+        of = f"/{self.total} {self.unit}s ({100 * self.n / self.total:.0f}%)" if self.total else f" {self.unit}s"
+        rate = f", {self.n / elapsed:.1f} {self.unit}s/s" if elapsed > 0 else ""
+        _echo(f"{self.desc}: {self.n}{of}, {elapsed:.1f}s{rate}", err=True)
+        self._last, self._shown = now, self.n
+
+
 def _progress_bar(desc: str, unit: str, enabled: bool, total: int | None = None):
+    """tqdm's bar on a terminal; plain lines (:class:`_LineProgress`) when stderr goes to a file or pipe."""
     from tqdm import tqdm
 
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(desc, unit, total)
     return tqdm(desc=desc, unit=unit, total=total, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
 def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, progress: bool, include_hidden: bool,
                follow_symlinks: bool, allow_rejected: bool):
     from .embedding import build_embedder
+    from .engines import validate_index_name
     from .indexing import index_paths
+    from .runtime import timed_load
 
+    validate_index_name(s.index)  # a mistyped name is reported before the model loads
+    embedder = build_embedder(s)
+    if progress:  # loading takes seconds: say so, or the bar would sit at 0 meanwhile
+        _echo(f"loading models: embedder {s.embedding_model} ({s.embedding_backend}) ...", err=True)
+    load_s = timed_load(embedder)
+    if progress:
+        _echo(f"models loaded in {load_s:.1f}s", err=True)
     bar = _progress_bar("indexing", "doc", progress)
 
     def on_progress(report):
@@ -324,7 +381,7 @@ def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, pr
         bar.update(done - bar.n)  # tqdm throttles redraws itself
 
     try:
-        return index_paths(engine, paths, settings=s, embedder=build_embedder(s), recreate=recreate,
+        return index_paths(engine, paths, settings=s, embedder=embedder, recreate=recreate,
                            bulk_chunk_size=bulk_size, include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                            allow_rejected=allow_rejected, on_progress=on_progress)
     finally:
@@ -500,13 +557,14 @@ def query_cmd(ctx, text, depth, final_k, mode, fusion, reranker_kind, blend, ble
         loads = searcher.load_models(rerank=reranker is not None)
         result = searcher.search(text, depth=depth, final_k=final_k, filters=filters, mode=mode,
                                  rerank=reranker is not None)
+    load_s = sum(loads.values()) + result.timings.model_load_ms / 1000  # loaded before the search, or in it
     if as_json:
         data = result.to_dict()
-        data["timings"]["model_load_ms"] = round(sum(loads.values()) * 1000, 3)
+        data["timings"]["model_load_ms"] = round(load_s * 1000, 3)
         data["timings"]["command_ms"] = round((time.perf_counter() - started) * 1000, 3)
         _echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
         return
-    _print_result(result, explain=explain, load_s=sum(loads.values()))
+    _print_result(result, explain=explain, load_s=load_s)
 
 
 def _print_result(result, *, explain: bool, load_s: float) -> None:
@@ -515,12 +573,13 @@ def _print_result(result, *, explain: bool, load_s: float) -> None:
     stage2 = f"reranked by {result.reranker}" if result.reranked else "not reranked"
     if result.rerank_error:
         stage2 += f" (reranker failed: {result.rerank_error}; showing the retrieval order)"
-    _echo(f"{len(result.hits)} results from {result.candidates} candidate chunks · {how} · {stage2}")
+    _echo(f"{_count(len(result.hits), 'result')} from {_count(result.candidates, 'candidate chunk')} · {how} · "
+          f"{stage2}")
     line = (f"retrieval {t.retrieval_ms:.0f} ms · rerank {t.rerank_ms:.0f} ms · search {t.total_ms:.0f} ms "
             f"(+ {load_s * 1000:.0f} ms loading models)")
     if result.usage and result.usage.requests:
         u = result.usage
-        line += f" · LLM: {u.requests} requests, {u.tokens} tokens, {u.fallbacks} fallbacks"
+        line += f" · LLM: {_count(u.requests, 'request')}, {_count(u.tokens, 'token')}, {_count(u.fallbacks, 'fallback')}"
     _echo(line + "\n")
     for pos, h in enumerate(result.hits, start=1):
         snippet = textwrap.shorten(" ".join(h.text.split()), width=110, placeholder=" ...")
@@ -607,7 +666,7 @@ def delete_docs_cmd(ctx, doc_ids):
     with open_engine(s) as engine:
         counts = delete_documents(engine, s.index, list(doc_ids))
     for doc_id, n in counts.items():
-        _echo(f"{doc_id}: {n} chunks deleted" if n else f"{doc_id}: not found")
+        _echo(f"{doc_id}: {_count(n, 'chunk')} deleted" if n else f"{doc_id}: not found")
     if not any(counts.values()):
         sys.exit(1)
 
@@ -618,14 +677,20 @@ def delete_docs_cmd(ctx, doc_ids):
 @click.pass_context
 @_fail_cleanly
 def config_cmd(ctx, as_json):
-    """Show the settings in effect (secrets masked) and where each came from."""
+    """Show the settings in effect (secrets masked) and where each came from, then the local cluster's."""
+    from .cluster.local import explain_cluster
+
     shared = {k: v for k, v in (ctx.find_root().obj or {}).items() if k != "verbose"}
     rows = explain(**shared)
+    cluster_rows = explain_cluster()
     if as_json:
-        _echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        _echo(json.dumps([dataclasses.asdict(r) for r in rows + cluster_rows], indent=2))
         return
-    width = max(len(r.env) for r in rows)
+    width = max(len(r.env) for r in rows + cluster_rows)
     for r in rows:
+        _echo(f"{r.env:<{width}}  {r.value}  ({r.source})")
+    _echo("\nlocal cluster (es-rerank cluster):")
+    for r in cluster_rows:
         _echo(f"{r.env:<{width}}  {r.value}  ({r.source})")
 
 

@@ -91,6 +91,7 @@ class Reranked:
         usage: LLM usage of this call, or None.
         rerank_ms: Milliseconds spent scoring.
         fallbacks: Candidates whose score was unusable (non-finite) and sorted last.
+        load_ms: Milliseconds spent loading the reranker first (0 when it was loaded already).
     """
 
     hits: tuple[Hit, ...]
@@ -100,6 +101,7 @@ class Reranked:
     usage: Usage | None = None
     rerank_ms: float = 0.0
     fallbacks: int = 0
+    load_ms: float = 0.0
 
 
 class Searcher:
@@ -300,15 +302,20 @@ class Searcher:
 
     # -- reranking ------------------------------------------------------------------------------
 
-    def _score(self, reranker: BaseReranker, query: str, texts: list[str]) -> Scored:
+    def _score(self, reranker: BaseReranker, query: str, texts: list[str]) -> tuple[Scored, float]:
+        """The scores and the seconds spent loading the reranker first (within the rerank timeout)."""
+        def load_and_score() -> tuple[Scored, float]:
+            load_s = timed_load(reranker)
+            return reranker.score_with_usage(query, texts), load_s
+
         timeout = self.settings.rerank_timeout
         if timeout is None:
-            return reranker.score_with_usage(query, texts)
+            return load_and_score()
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="es-rerank")
             pool = self._pool
-        future = pool.submit(reranker.score_with_usage, query, texts)
+        future = pool.submit(load_and_score)
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
@@ -345,11 +352,11 @@ class Searcher:
             raise ValidationError(f"results must be documents or chunks, got {results!r}", field="results")
         chosen = self.reranker if reranker is True else (as_reranker(reranker) if reranker else None)
         ordered: list[Hit] = list(hits)
-        reranked, error, usage, fallbacks, rerank_ms = False, None, None, 0, 0.0
+        reranked, error, usage, fallbacks, rerank_ms, load_s = False, None, None, 0, 0.0, 0.0
         if chosen is not None and ordered:
             t0 = time.perf_counter()
             try:
-                scored = self._score(chosen, query, [h.passage for h in ordered])
+                scored, load_s = self._score(chosen, query, [h.passage for h in ordered])
                 ordered = order_and_blend(ordered, scored.scores, method=blend, alpha=blend_weight,
                                           rank_constant=self.settings.rank_constant)
                 fallbacks = fallback_count(ordered)
@@ -363,7 +370,7 @@ class Searcher:
                 error = self.settings.redact(f"{type(e).__name__}: {e}")
                 logger.warning("reranker failed, returning the retrieval order: %s", error)
                 ordered = list(hits)
-            rerank_ms = _ms(time.perf_counter() - t0)
+            rerank_ms = _ms(time.perf_counter() - t0 - load_s)  # scoring only: a first call's loading is apart
             if fallbacks:
                 usage = (usage or Usage()) + Usage(fallbacks=fallbacks)
         if results == "documents":
@@ -371,7 +378,7 @@ class Searcher:
         elif final_k is not None:
             ordered = ordered[:final_k]
         return Reranked(tuple(ordered), reranked, chosen.name if chosen is not None else None, error, usage,
-                        rerank_ms, fallbacks)
+                        rerank_ms, fallbacks, _ms(load_s))
 
     # -- the two stages --------------------------------------------------------------------------
 
@@ -421,6 +428,7 @@ class Searcher:
         started = time.perf_counter()
         query = validate_query(query)
         validate_sizes(depth, final_k)
+        embedder_load_ms = _ms(timed_load(self.embedder))  # else the first search's embed_ms would hold it
         self.check_index()
         self._check_depth(depth)
         first = self.retrieve(query, depth=depth, mode=mode, filters=filters, fusion=fusion)
@@ -436,7 +444,8 @@ class Searcher:
             reranked=second.reranked,
             reranker=second.reranker,
             timings=Timings(embed_ms=t.embed_ms, retrieval_ms=t.retrieval_ms, es_took_ms=t.es_took_ms,
-                            rerank_ms=second.rerank_ms, total_ms=_ms(time.perf_counter() - started)),
+                            rerank_ms=second.rerank_ms, total_ms=_ms(time.perf_counter() - started),
+                            model_load_ms=embedder_load_ms + second.load_ms),
             rerank_error=second.error,
             usage=second.usage,
         )

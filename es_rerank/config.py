@@ -322,7 +322,7 @@ def _resolve(cls: type, env: Mapping[str, str] | None, overrides: Mapping[str, A
         if overrides.get(name) is not None:
             values[name], sources[name] = overrides[name], "argument"
         elif env.get(var, "") != "":
-            values[name], sources[name] = parse(var, env[var]), f"environment ({var})"
+            values[name], sources[name] = parse(var, env[var]), "environment"
         else:
             sources[name] = "default"
     return values, sources
@@ -353,10 +353,21 @@ def explain(env: Mapping[str, str] | None = None, **overrides: Any) -> list[Sett
             shown = "(not set)" if value is None else "***"
         elif f.name in ("url", "llm_base_url"):
             shown = redact_url(value)
+        elif value is None:  # a default that means "decided later" (device auto, the model's max length)
+            shown = f.metadata.get("shown_default") or "(not set)"
         else:
-            shown = "(not set)" if value is None else str(value)
+            shown = _value_text(value)
         out.append(SettingInfo(f.name, f.metadata["env"], shown, sources[f.name]))
     return out
+
+
+def _value_text(value: Any) -> str:
+    """A value as the README's table and the environment write it (``true``, ``30``)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def default_text(f: dataclasses.Field) -> str:
@@ -366,11 +377,7 @@ def default_text(f: dataclasses.Field) -> str:
         return shown
     if f.default is None:
         return "—"
-    if isinstance(f.default, bool):
-        return str(f.default).lower()
-    if isinstance(f.default, float) and f.default.is_integer():
-        return str(int(f.default))
-    return str(f.default)
+    return _value_text(f.default)
 
 
 def setting_help(name: str) -> str:

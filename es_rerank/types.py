@@ -129,7 +129,12 @@ class Timings:
     """Milliseconds spent per stage of one search.
 
     ``retrieval_ms`` is wall time of the first stage, query embedding included;
-    ``es_took_ms`` is the part Elasticsearch reports spending itself (``took``).
+    ``es_took_ms`` is the part Elasticsearch reports spending itself (``took``);
+    ``rerank_ms`` is scoring only; ``model_load_ms`` is the models loaded during this search
+    (the first one, unless :meth:`~es_rerank.Searcher.load_models` ran before; else 0).
+    ``total_ms`` is the whole call: ``model_load_ms + retrieval_ms + rerank_ms`` plus the
+    checks (a few milliseconds; a searcher's first search also detects the engine and reads
+    the index's mapping).
     """
 
     embed_ms: float = 0.0
@@ -137,6 +142,7 @@ class Timings:
     es_took_ms: float = 0.0
     rerank_ms: float = 0.0
     total_ms: float = 0.0
+    model_load_ms: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self.__dict__.items()}

@@ -55,6 +55,17 @@ def test_index_then_query(run, node, cli_env):
     assert {h["metadata"]["category"] for h in json.loads(r.stdout)["hits"]} == {"billing"}
 
 
+def test_progress_in_a_log_is_plain_lines_after_the_models_load(run, cli_env):
+    """stderr that is not a terminal gets one line per step with the totals, no carriage returns."""
+    r = run("index", str(SAMPLE))
+    assert r.exit_code == 0, r.output
+    err = r.stderr
+    assert err.index("loading models: embedder") < err.index("models loaded in") < err.index("indexing: "), err
+    assert "indexing: 32/32 docs (100%)" in err and "\r" not in err, err
+    r = run("query", "refund", "--final-k", "1", "--depth", "1")
+    assert r.exit_code == 0 and "1 result from 1 candidate chunk · " in r.output, r.output
+
+
 def test_broken_jsonl_reports_lines_and_keeps_valid_docs(run, node, cli_env, tmp_path):
     p = tmp_path / "mixed.jsonl"
     p.write_text("\n".join([
@@ -192,9 +203,12 @@ def test_indices_config_delete_and_delete_docs(run, node, cli_env):
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows[index]["documents"] == 32 and rows[index]["chunks"] >= 32 and rows[index]["dims"] == 384
     r = run("config")
-    assert f"ES_RERANK_INDEX" in r.output and f"{index}  (environment (ES_RERANK_INDEX))" in r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("ES_RERANK_INDEX "))
+    assert line.split() == ["ES_RERANK_INDEX", index, "(environment)"]
+    assert "ES_RERANK_DEVICE" in r.output and "ES_RERANK_CLUSTER_HEAP" in r.output and "(not set)" not in \
+        next(x for x in r.output.splitlines() if x.startswith("ES_RERANK_DEVICE "))
     r = run("delete-docs", "--id", "bill-cancel", "--id", "no-such-doc")
-    assert r.exit_code == 0 and "bill-cancel: 1 chunks deleted" in r.output and "no-such-doc: not found" in r.output
+    assert r.exit_code == 0 and "bill-cancel: 1 chunk deleted" in r.output and "no-such-doc: not found" in r.output
     assert node.count(index, {"term": {"doc_id": "bill-cancel"}}) == 0
     assert node.count(index, {"term": {"doc_id": "bill-refund"}}) >= 1  # only the named document went
     (concrete,) = node.alias_targets(index)

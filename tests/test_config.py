@@ -100,10 +100,31 @@ def test_explain_names_each_source_and_masks_secrets():
 
     rows = {r.name: r for r in explain(env={"ES_RERANK_DEPTH": "30", "ES_PASSWORD": "pw-secret",
                                             "ES_USERNAME": "elastic"}, index="docs")}
-    assert (rows["depth"].value, rows["depth"].source) == ("30", "environment (ES_RERANK_DEPTH)")
+    assert (rows["depth"].value, rows["depth"].source) == ("30", "environment")
+    assert rows["depth"].env == "ES_RERANK_DEPTH"
     assert (rows["index"].value, rows["index"].source) == ("docs", "argument")
     assert (rows["final_k"].value, rows["final_k"].source) == ("5", "default")
     assert rows["password"].value == "***" and "pw-secret" not in repr(rows)
+    # a default decided later shows as the README's table says, not as "(not set)"
+    assert (rows["device"].value, rows["rerank_max_length"].value, rows["rerank_timeout"].value) == ("auto", "model's", "none")
+    assert rows["ca_certs"].value == "(not set)"
+    # values read as the README's table writes them
+    assert (rows["verify_certs"].value, rows["request_timeout"].value) == ("true", "30")
+
+
+def test_explain_cluster_shows_the_local_cluster_variables(tmp_path):
+    from es_rerank.cluster.local import explain_cluster
+
+    rows = {r.env: r for r in explain_cluster(env={"XDG_CACHE_HOME": str(tmp_path)})}
+    assert set(rows) == {"ES_RERANK_CLUSTER_ENGINE", "ES_RERANK_CLUSTER_PORT", "ES_RERANK_CLUSTER_HEAP",
+                         "ES_RERANK_CLUSTER_DIR", "ES_JAVA_HOME"}
+    assert {r.source for r in rows.values()} == {"default"}
+    assert (rows["ES_RERANK_CLUSTER_ENGINE"].value, rows["ES_RERANK_CLUSTER_PORT"].value) == ("elasticsearch", "9200")
+    rows = {r.env: r for r in explain_cluster(env={"ES_RERANK_CLUSTER_ENGINE": "opensearch", "JAVA_HOME": "/jdk",
+                                                   "ES_RERANK_CLUSTER_HEAP": "512m"})}
+    assert rows["ES_RERANK_CLUSTER_PORT"].value == "9202"  # OpenSearch's own default port
+    assert (rows["ES_RERANK_CLUSTER_HEAP"].value, rows["ES_RERANK_CLUSTER_HEAP"].source) == ("512m", "environment")
+    assert (rows["ES_JAVA_HOME"].value, rows["ES_JAVA_HOME"].source) == ("/jdk", "environment (JAVA_HOME)")
 
 
 def test_errors_carry_their_data():

@@ -178,6 +178,28 @@ def test_any_index_reranks_the_named_field(es_via, engine, reranker):
         engine.request("DELETE", f"/{name}")
 
 
+def test_root_answers_the_banner_with_the_version(es_via, server, es_url, engine):
+    """``GET /`` (curl, ``info()``) and ``HEAD /`` (``ping()``) work on every cluster, also one with no root handler.
+
+    Elasticsearch's Maven integ-test build answers ``GET /`` with 405; es-rerank then builds
+    the banner from the node's own info. A cluster that answers it is relayed unchanged.
+    """
+    info = es_via.info()
+    assert info["version"]["number"] == engine.info()["version"]
+    assert info["name"] and info["cluster_name"] and info["tagline"] == "You Know, for Search"
+    assert es_via.ping() is True
+    ours, theirs = httpx.get(f"{server.url}/"), httpx.get(f"{es_url}/")
+    assert ours.status_code == 200 and ours.headers["x-elastic-product"] == "Elasticsearch"
+    if theirs.status_code == 200:
+        assert ours.json() == theirs.json()
+    else:  # built here, and saying so
+        assert theirs.status_code == 405 and "GET /_nodes/_local" in ours.json()["es_rerank"]["banner"]
+        nodes = httpx.get(f"{es_url}/_nodes/_local").json()
+        assert ours.json()["cluster_name"] == nodes["cluster_name"]
+    assert httpx.head(f"{server.url}/").status_code == 200
+    assert httpx.get(f"{server.url}/?pretty").text.startswith("{\n")
+
+
 def test_passthrough_apis(es_via, served_index, es):
     index, chunks = served_index
     assert es_via.count(index=index)["count"] == chunks == es.count(index=index)["count"]

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from ..config import SettingInfo
 from ..errors import ClusterError
 from . import maven, procs, safefs
 from .engines import ENGINES, Engine
@@ -61,18 +62,52 @@ _PROTECTED_KEYS = {"cluster.name", "node.name", "http.port", "transport.port", "
 _SETTING_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-def default_home() -> Path:
+def default_home(env: Mapping[str, str] | None = None) -> Path:
     """Where local clusters live: ``ES_RERANK_CLUSTER_DIR``, else a per-user folder.
 
     Root's home is not readable by the service user, so root gets ``/var/lib/es-rerank``.
+
+    Args:
+        env: The environment to read. Defaults to ``os.environ``.
     """
-    env = os.environ.get("ES_RERANK_CLUSTER_DIR")
-    if env:
-        return Path(env)
+    env = os.environ if env is None else env
+    if env.get("ES_RERANK_CLUSTER_DIR"):
+        return Path(env["ES_RERANK_CLUSTER_DIR"])
     if os.geteuid() == 0:
         return Path("/var/lib/es-rerank")
-    cache = os.environ.get("XDG_CACHE_HOME")
+    cache = env.get("XDG_CACHE_HOME")
     return (Path(cache) if cache else Path.home() / ".cache") / "es-rerank"
+
+
+def explain_cluster(env: Mapping[str, str] | None = None) -> list[SettingInfo]:
+    """The local cluster's variables in effect (``es-rerank cluster``), each with where it came from.
+
+    Args:
+        env: The environment to read. Defaults to ``os.environ``.
+
+    Returns:
+        One row per variable, as :func:`es_rerank.config.explain` gives for the main settings.
+    """
+    env = os.environ if env is None else env
+
+    def row(name: str, var: str, default: str) -> SettingInfo:
+        value = env.get(var, "")
+        return SettingInfo(name, var, value, "environment") if value else SettingInfo(name, var, default, "default")
+
+    engine = env.get("ES_RERANK_CLUSTER_ENGINE") or "elasticsearch"
+    port = str(ENGINES[engine].default_port) if engine in ENGINES else "9200"
+    java = next((v for v in ("ES_JAVA_HOME", "JAVA_HOME") if env.get(v)), None)
+    if java == "JAVA_HOME":
+        jdk = SettingInfo("java_home", "ES_JAVA_HOME", env[java], "environment (JAVA_HOME)")
+    else:
+        jdk = row("java_home", "ES_JAVA_HOME", "(not set: a JDK 21+ under /usr/lib/jvm, found at start)")
+    return [
+        row("cluster_engine", "ES_RERANK_CLUSTER_ENGINE", "elasticsearch"),
+        row("cluster_port", "ES_RERANK_CLUSTER_PORT", port),
+        row("cluster_heap", "ES_RERANK_CLUSTER_HEAP", "1g"),
+        row("cluster_dir", "ES_RERANK_CLUSTER_DIR", str(default_home(env))),
+        jdk,
+    ]
 
 
 def java_major(java_home: Path) -> int | None:

@@ -8,6 +8,8 @@ Routes:
 * ``POST /_inference/rerank/{inference_id}`` for our rerankers (``cross-encoder``, ``llm``,
   ``listwise``): Elasticsearch's rerank inference API. Other ids pass through.
 * ``GET /_es_rerank/health`` and ``GET /_es_rerank/metrics`` (Prometheus).
+* ``GET|HEAD /``: the cluster's banner; where it has none (Elasticsearch's integ-test build
+  answers 405), one built from the node's info, so clients' ``info()`` and ``ping()`` work.
 * everything else: passed through to the cluster unchanged, streamed both ways.
 
 Reranking requests are admitted up to ``serve_queue`` at a time; more get 429 with
@@ -43,7 +45,7 @@ from .errors import ApiError, bad_request, from_exception
 from .metrics import Metrics, outcome_of
 from .pipeline import RerankService, caller_headers
 from .proxy import Passthrough
-from .translate import is_rerank_search, parse_inference, parse_search
+from .translate import BANNER_NODE_FIELDS, is_rerank_search, parse_inference, parse_search, root_banner
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +357,43 @@ class Server:
         }
         return self.json_response(body, 200 if cluster["reachable"] else 503)
 
+    async def root(self, request: Request) -> Response:
+        """``GET /`` and ``HEAD /``: the cluster's own answer, or a banner built from its node info.
+
+        Elasticsearch's clients (``info()``, ``ping()``) and ``curl host:9201/`` expect the
+        banner with ``version.number``; a cluster with no handler for ``/`` (Elasticsearch's
+        Maven integ-test build answers 405) gets one built from ``GET /_nodes/_local``, asked
+        with the caller's own credentials. Any other answer (a banner, a 401) is relayed.
+        """
+        started = time.perf_counter()
+        try:
+            upstream = await self.proxy.open(request)
+            if upstream.status_code not in (400, 404, 405):
+                self.metrics.outcome("passthrough", outcome_of(upstream.status_code), time.perf_counter() - started)
+                return await self.proxy.relay(request, upstream)
+            await upstream.aclose()
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in caller_headers(
+                {k.lower(): v for k, v in request.headers.items()}).items()]
+            fields = ",".join(["cluster_name"] + [f"nodes.*.{f}" for f in BANNER_NODE_FIELDS])
+            nodes = await self.proxy.send("GET", f"{self.proxy.base}/_nodes/_local?filter_path={fields}", headers, None)
+            if nodes.status_code != 200:  # a refusal (401/403) or an error: the cluster's own answer
+                self.metrics.outcome("passthrough", outcome_of(nodes.status_code), time.perf_counter() - started)
+                return await self.proxy.relay(request, nodes)
+            info = json.loads(await nodes.aread())
+            await nodes.aclose()
+            state = await self.proxy.send(
+                "GET", f"{self.proxy.base}/_cluster/state/metadata?filter_path=metadata.cluster_uuid", headers, None)
+            uuid = (json.loads(await state.aread()).get("metadata") or {}).get("cluster_uuid") \
+                if state.status_code == 200 else None  # a caller without cluster monitor rights: left out
+            await state.aclose()
+        except ApiError as e:
+            return self.error_response(e, "passthrough", started)
+        self.metrics.outcome("passthrough", "ok", time.perf_counter() - started)
+        if request.method == "HEAD":
+            return Response(status_code=200, headers=self.product_headers())
+        pretty = request.query_params.get("pretty") not in (None, "false")
+        return self.json_response(root_banner(info, uuid), pretty=pretty)
+
     async def metrics_text(self, request: Request) -> Response:
         content, media_type = self.metrics.render()
         return Response(content, media_type=media_type)
@@ -398,6 +437,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         Route("/_es_rerank/health", server.health, methods=["GET"]),
         Route("/_es_rerank/metrics", server.metrics_text, methods=["GET"]),
         Route("/_inference/rerank/{inference_id}", server.inference, methods=["POST"]),
+        Route("/", server.root, methods=["GET", "HEAD"]),
         Route("/_search", server.search, methods=["GET", "POST"]),
         Route("/{index}/_search", server.search, methods=["GET", "POST"]),
         Route("/{path:path}", server.other, methods=ALL_METHODS),

@@ -99,6 +99,14 @@ class Passthrough:
         Raises:
             ApiError: 502/504 when the cluster cannot be reached or does not answer in time.
         """
+        return await self.relay(request, await self.open(request, body))
+
+    async def open(self, request: Request, body: bytes | None = None) -> httpx.Response:
+        """Send ``request`` on to the cluster; its streaming answer, for :meth:`relay` or the caller to close.
+
+        Raises:
+            ApiError: 502/504 when the cluster cannot be reached or does not answer in time.
+        """
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _REQUEST_DROP]
         if body is not None:
             headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
@@ -109,7 +117,10 @@ class Passthrough:
             content = None
         else:
             content = request.stream()
-        upstream = await self.send(request.method, self.url_for(request), headers, content)
+        return await self.send(request.method, self.url_for(request), headers, content)
+
+    async def relay(self, request: Request, upstream: httpx.Response) -> Response:
+        """The cluster's answer, streamed back with its status and headers (hop-by-hop ones left out)."""
         raw_headers = [(k, v) for k, v in upstream.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
         if request.method == "HEAD" or upstream.status_code in (204, 304):
             await upstream.aclose()

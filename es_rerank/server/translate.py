@@ -740,3 +740,35 @@ def inference_response(request: InferenceRequest, scores: Sequence[float]) -> di
             item["text"] = request.inputs[i]
         items.append(item)
     return {"rerank": items}
+
+
+BANNER_NODE_FIELDS = ("name", "version", "build_flavor", "build_type", "build_hash")
+
+
+def root_banner(nodes: Mapping[str, Any], cluster_uuid: str | None = None) -> dict[str, Any]:
+    """Elasticsearch's ``GET /`` answer, built from the node's own info (``GET /_nodes/_local``).
+
+    For a cluster that does not serve ``GET /`` itself: Elasticsearch's Maven integ-test
+    distribution leaves out the ``rest-root`` module that answers it (and answers 405).
+    Only what the node reports is shown; ``es_rerank.banner`` says where it came from.
+
+    Args:
+        nodes: The ``_nodes/_local`` answer (``cluster_name`` and one node's fields).
+        cluster_uuid: ``metadata.cluster_uuid`` of the cluster state, when the caller may read it.
+
+    Example:
+        >>> root_banner({"cluster_name": "c", "nodes": {"x": {"name": "n", "version": "9.2.8"}}})["version"]
+        {'number': '9.2.8', 'build_snapshot': False}
+    """
+    node = next(iter((nodes.get("nodes") or {}).values()), {})
+    number = node.get("version")
+    version: dict[str, Any] = {"number": number}
+    version.update({k: node[k] for k in ("build_flavor", "build_type", "build_hash") if k in node})
+    version["build_snapshot"] = isinstance(number, str) and number.endswith("-SNAPSHOT")
+    banner: dict[str, Any] = {"name": node.get("name"), "cluster_name": nodes.get("cluster_name")}
+    if cluster_uuid:
+        banner["cluster_uuid"] = cluster_uuid
+    banner.update(version=version, tagline="You Know, for Search",
+                  es_rerank={"banner": "built by es-rerank serve from GET /_nodes/_local: the cluster does not "
+                                       "answer GET / itself"})
+    return banner
