@@ -451,15 +451,16 @@ def _print_index_report(report, *, switched: bool) -> None:
         how = f"built {report.concrete} and switched {report.index} to it"
     else:
         how = f"built {report.concrete} but did not switch {report.index} to it"
-    _echo(f"index {report.index}: {report.documents_read} documents read, {report.documents_indexed} indexed "
-          f"as {report.chunks_indexed} chunks, {len(report.rejected)} rejected "
+    _echo(f"index {report.index}: {_count(report.documents_read, 'document')} read, "
+          f"{report.documents_indexed} indexed as {_count(report.chunks_indexed, 'chunk')}, "
+          f"{len(report.rejected)} rejected "
           f"({report.seconds:.1f}s, {report.docs_per_second:.1f} docs/s; {how})")
     if report.replaced and switched:
         _echo(f"replaced and deleted {', '.join(report.replaced)}")
     if report.stale_chunks_deleted:
         _echo(f"removed {report.stale_chunks_deleted} chunks left over from longer earlier versions")
     if report.skipped:
-        _echo(f"skipped {len(report.skipped)} files (use --include-hidden / --follow-symlinks where meant):",
+        _echo(f"skipped {_count(len(report.skipped), 'file')} (use --include-hidden / --follow-symlinks where meant):",
               err=True)
         for path, why in report.skipped:
             _echo(f"  skipped {path}: {why}", err=True)

@@ -635,9 +635,11 @@ def delete_documents(engine: Engine, index: str, doc_ids: Sequence[str], *,
             actions = ({"_op_type": "delete", "_index": index, "_id": i} for i in ids)
             for ok, item in engine.streaming_bulk(actions, chunk_size=500, max_retries=5, initial_backoff=1,
                                                   max_backoff=30, require_alias=state.kind == "alias"):
-                if not ok:
-                    (_, result), = item.items()
-                    raise IndexingError(f"could not delete chunk {result.get('_id')}: {result.get('error')}")
+                (_, result), = item.items()
+                # not found: already deleted (by an earlier run whose answer was lost, say)
+                if not ok and result.get("status") != 404:
+                    raise IndexingError(f"could not delete chunk {result.get('_id')}: "
+                                        f"{engine.item_error(result.get('error'))}")
             out[doc_id] = len(ids)
         engine.refresh(index)
         return out

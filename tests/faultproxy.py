@@ -23,7 +23,8 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 FAULTS = ("delay", "drop", "sigint", "sigterm", "cut")
@@ -169,8 +170,30 @@ class FaultProxy:
             pass
 
 
-def walk(proxy: FaultProxy, run: Callable[[], object], n_requests: int, faults=FAULTS):
-    """Yield ``(n, fault, outcome)`` for every request number and fault; ``outcome`` is the result or the exception."""
+@dataclass(frozen=True)
+class Case:
+    """One faulted run: the fault, at which request, what the run gave, and every request it sent.
+
+    ``outcome`` is the run's result or the exception it raised; ``log`` the requests as the proxy saw
+    them (a client retry shifts the numbering against an unfaulted run: ``request`` is the one hit).
+    """
+
+    n: int
+    fault: str
+    outcome: object
+    log: tuple[tuple[str, str], ...]
+
+    @property
+    def request(self) -> tuple[str, str] | None:
+        return self.log[self.n - 1] if len(self.log) >= self.n else None
+
+    def sent_before_fault(self, method: str, prefix: str) -> bool:
+        """Whether a request like this reached the cluster up to and including the faulted one."""
+        return any(m == method and p.startswith(prefix) for m, p in self.log[:self.n])
+
+
+def walk(proxy: FaultProxy, run: Callable[[], object], n_requests: int, faults=FAULTS) -> Iterator[Case]:
+    """Run ``run`` once per request number and fault, each with that fault armed; yield each :class:`Case`."""
     for n in range(1, n_requests + 1):
         for fault in faults:
             proxy.arm(n, fault)
@@ -178,6 +201,6 @@ def walk(proxy: FaultProxy, run: Callable[[], object], n_requests: int, faults=F
                 outcome = run()
             except BaseException as e:  # noqa: BLE001 - the fault's effect is what the caller checks
                 outcome = e
-            finally:
-                proxy.reset()
-            yield n, fault, outcome
+            log = tuple(proxy.log)
+            proxy.reset()
+            yield Case(n, fault, outcome, log)

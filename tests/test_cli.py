@@ -79,9 +79,12 @@ def test_broken_jsonl_reports_lines_and_keeps_valid_docs(run, node, cli_env, tmp
     assert f"rejected {p}:2: invalid JSON" in r.output
     assert f"rejected {p}:4 id=no-text: missing 'text'" in r.output
     assert "4 documents read, 2 indexed" in r.output
-    assert node.count(cli_env["ES_RERANK_INDEX"]) == 2
+    # a build with rejections is not switched in unless they are accepted: the name was not created
+    assert "but did not switch" in r.output and "2 of 4 records were rejected" in r.output, r.output
+    assert not node.exists(cli_env["ES_RERANK_INDEX"])
     r = run("index", str(p), "--no-progress", "--skip-bad")
     assert r.exit_code == 0 and "2 rejected" in r.output
+    assert node.count(cli_env["ES_RERANK_INDEX"]) == 2
 
 
 def test_query_errors_are_one_line(run, cli_env):

@@ -58,8 +58,8 @@ def test_bad_inputs_each_reported_and_totals_add_up(node, cli_env, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "wrong.csv").write_text("name,body\na,b\n")
     r = _invoke(cli_env, "index", str(jsonl), str(tmp_path / "empty.jsonl"), str(tmp_path / "wrong.csv"),
-                str(tmp_path / "folder"), "--no-progress", "--json")
-    assert r.exit_code == 1
+                str(tmp_path / "folder"), "--no-progress", "--json", "--skip-bad")
+    assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     by_line = {rej["line"]: rej["reason"] for rej in report["rejected"] if rej["source"] == str(jsonl)}
     expected = {2: "invalid JSON", 3: "missing 'text'", 4: "empty 'text'", 5: "missing or empty 'id'",
@@ -85,6 +85,10 @@ def test_per_item_mapping_conflict_is_reported_and_rest_indexed(node, engine, cl
     ]) + "\n")
     r = _invoke(cli_env, "index", str(p), "--no-progress")
     assert r.exit_code == 1
+    assert f"rejected {p}:2 id=b: {engine.display_name} rejected chunk b#0" in r.output
+    assert not node.exists(cli_env["ES_RERANK_INDEX"]), "a build with a rejection was switched in"
+    r = _invoke(cli_env, "index", str(p), "--no-progress", "--skip-bad")
+    assert r.exit_code == 0
     assert f"rejected {p}:2 id=b: {engine.display_name} rejected chunk b#0" in r.output
     assert "3 documents read, 2 indexed" in r.output
     assert node.count(cli_env["ES_RERANK_INDEX"]) == 2

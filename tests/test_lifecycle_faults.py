@@ -158,13 +158,13 @@ def _expected(outcome):
 
 
 @contextlib.contextmanager
-def _case(n, log, fault, outcome, what=""):
+def _case(case, what=""):
     """Name the (request, fault) pair and the faulted run's outcome in any failure of the block."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - re-raised with the case named
-        raise AssertionError(f"{what} request {n} {log[n - 1]} with fault {fault}: the faulted run gave "
-                             f"{outcome!r}; then: {type(e).__name__}: {e}") from e
+        raise AssertionError(f"{what} request {case.n} {case.request} with fault {case.fault}: the faulted run gave "
+                             f"{case.outcome!r}; then: {type(e).__name__}: {e}") from e
 
 
 def _count_requests(proxy, run) -> list[tuple[str, str]]:
@@ -196,13 +196,13 @@ def test_fault_walk_first_build(request, engine_name, engine, faulty, patient, p
         return _build(faulty, embedder, names[-1], new)
 
     try:
-        for n, fault, outcome in walk(proxy, run, len(log)):
-            alias = names[-1]
-            with _case(n, log, fault, outcome):
+        for case in walk(proxy, run, len(log)):
+            alias, outcome = names[-1], case.outcome
+            with _case(case):
                 _expected(outcome)
                 assert _serving(node, alias) in (None, 3)
                 _decoys_intact(node, decoys)
-                if fault == "cut":
+                if case.fault == "cut":
                     _as_if_dead(engine, alias)
                 if not _succeeded(outcome):
                     _build(engine, embedder, alias, new)
@@ -225,18 +225,17 @@ def test_fault_walk_recreate(request, engine_name, engine, faulty, patient, prox
     _build(engine, embedder, index_name, old)
     log = _count_requests(proxy, lambda: _build(patient, embedder, index_name, new, recreate=True))
     _build(engine, embedder, index_name, old, recreate=True)
-    swaps = [i for i, (m, p) in enumerate(log, 1) if m == "POST" and p.startswith("/_aliases")]
-    assert len(swaps) == 1, log
+    assert len([p for m, p in log if m == "POST" and p.startswith("/_aliases")]) == 1, log
     outcomes = []
-    for n, fault, outcome in walk(proxy, lambda: _build(faulty, embedder, index_name, new, recreate=True),
-                                  len(log)):
-        with _case(n, log, fault, outcome):
+    for case in walk(proxy, lambda: _build(faulty, embedder, index_name, new, recreate=True), len(log)):
+        outcome = case.outcome
+        with _case(case):
             _expected(outcome)
             assert _serving(node, index_name) in (2, 3)
-            if n < swaps[0] and not _succeeded(outcome):  # a run that failed before its swap switched nothing
+            if not case.sent_before_fault("POST", "/_aliases"):  # no swap reached the cluster: nothing switched
                 assert node.count(index_name) == 2
             _decoys_intact(node, decoys)
-            if fault == "cut":
+            if case.fault == "cut":
                 _as_if_dead(engine, index_name)
             if not _succeeded(outcome):
                 _build(engine, embedder, index_name, new, recreate=True)
@@ -247,8 +246,8 @@ def test_fault_walk_recreate(request, engine_name, engine, faulty, patient, prox
     _summary(request, engine_name, "recreate", len(outcomes), outcomes)
 
 
-def test_fault_walk_delete_and_delete_docs(request, engine_name, engine, faulty, patient, proxy, node, embedder, corpora,
-                                           decoys, index_name, sigterm_unwinds):
+def test_fault_walk_delete_and_delete_docs(request, engine_name, engine, faulty, patient, proxy, node, embedder,
+                                           corpora, decoys, index_name, sigterm_unwinds):
     """``delete`` and ``delete-docs`` faulted at every request: the alias serves its complete index
     or is gone with it; documents are deleted or not, never half an index; reruns finish the job."""
     old, _ = corpora
@@ -256,12 +255,13 @@ def test_fault_walk_delete_and_delete_docs(request, engine_name, engine, faulty,
     log = _count_requests(proxy, lambda: delete_documents(patient, index_name, ["o1"]))
     _build(engine, embedder, index_name, old, recreate=True)
     outcomes = []
-    for n, fault, outcome in walk(proxy, lambda: delete_documents(faulty, index_name, ["o1"]), len(log)):
-        with _case(n, log, fault, outcome, "delete-docs"):
+    for case in walk(proxy, lambda: delete_documents(faulty, index_name, ["o1"]), len(log)):
+        outcome = case.outcome
+        with _case(case, "delete-docs"):
             _expected(outcome)
             assert _serving(node, index_name) in (1, 2)
             _decoys_intact(node, decoys)
-            if fault == "cut":
+            if case.fault == "cut":
                 _as_if_dead(engine, index_name)
             delete_documents(engine, index_name, ["o1"])
             assert _serving(node, index_name) == 1
@@ -271,12 +271,13 @@ def test_fault_walk_delete_and_delete_docs(request, engine_name, engine, faulty,
 
     log = _count_requests(proxy, lambda: delete(patient, index_name))
     _build(engine, embedder, index_name, old)
-    for n, fault, outcome in walk(proxy, lambda: delete(faulty, index_name), len(log)):
-        with _case(n, log, fault, outcome, "delete"):
+    for case in walk(proxy, lambda: delete(faulty, index_name), len(log)):
+        outcome = case.outcome
+        with _case(case, "delete"):
             _expected(outcome)
             assert _serving(node, index_name) in (None, 2)
             _decoys_intact(node, decoys)
-            if fault == "cut":
+            if case.fault == "cut":
                 _as_if_dead(engine, index_name)
             try:
                 delete(engine, index_name)

@@ -55,7 +55,10 @@ class OpenSearchEngine(Engine):
         if isinstance(body, str):
             body = body.encode("utf-8")
         client = self.client if retry or not self._own_client else self._once_client()
-        return client.transport.perform_request(method, path, params=params, body=body, headers=headers)
+        # the client's own timeout, stated: else opensearch-py takes a `timeout` query parameter (the
+        # server-side wait of _cluster/health, say) for it
+        return client.transport.perform_request(method, path, params=params, body=body, headers=headers,
+                                                timeout=self.settings.request_timeout)
 
     def _once_client(self) -> Any:
         """A second client that never retries (opensearch-py has no per-request retry option)."""
