@@ -103,7 +103,7 @@ SH
 # copied into CTX goes, one in the local Maven repository stays
 unpack() {
   local top
-  top=$(unzip -Z1 "$2" | head -1 | cut -d/ -f1)
+  top=$(unzip -Z1 "$2" | awk -F/ 'NR == 1 {print $1}')  # awk reads it all: head would SIGPIPE unzip
   unzip -q "$2" -d "$1" && mv "$1/$top" "$1/dist"
   case "$2" in "$1"/*) rm -f "$2" ;; esac
 }
