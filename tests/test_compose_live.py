@@ -19,7 +19,7 @@ In order, on host ports 19210-19212 (``ES_RERANK_COMPOSE_*_PORT``), one compose 
    (with k-NN) comes up with ``--wait``, the sample is indexed and queried.
 4. ``down`` and ``up --wait`` of the whole stack: the documents survived in the volumes and the
    reranked search through ``serve`` answers as before.
-5. ``down -v``: no container or volume of the project is left.
+5. ``down -v --rmi local``: no container, volume or serve image of the project is left.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def stack(docker_host, tmp_path_factory, cross_encoder_path, request):
         yield s
     finally:
         _run([DOCKER, "compose", "-f", ROOT / "docker-compose.yml", "-f", override, "--profile", "serve",
-              "--profile", "opensearch", "down", "-v", "--remove-orphans"], env=s.env, check=False, timeout=300)
+              "--profile", "opensearch", "down", "-v", "--rmi", "local", "--remove-orphans"], env=s.env, check=False, timeout=300)
 
 
 def _searcher(url, index, embedding_model_path, cross_encoder_path, embedder, reranker):
@@ -349,11 +349,12 @@ def test_compose_stack_for_real(docker_host, stack, request, embedding_model_pat
 
     # 5. down -v: nothing of the project is left
     began = time.monotonic()
-    stack.compose("--profile", "serve", "--profile", "opensearch", "down", "-v", timeout=300)
-    phase("down -v", began)
+    stack.compose("--profile", "serve", "--profile", "opensearch", "down", "-v", "--rmi", "local", timeout=300)
+    phase("down -v --rmi local", began)
     assert stack.containers() == {}
     volumes = _run([DOCKER, "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={stack.project}"])
     assert volumes.stdout.split() == []
+    assert _run([DOCKER, "image", "ls", "-q", f"{stack.project}-serve"]).stdout.split() == []
 
     # the engine stopped (when started here) and the host's networking as it was
     assert docker_host.stop() == []

@@ -185,6 +185,8 @@ python_image() {
 
 case "${1:-}" in
   compose-plugin) [ -n "${2:-}" ] || { echo "usage: $0 compose-plugin DIR" >&2; exit 2; }; compose_plugin "$2" ;;
-  images) base_image; jre_image; elasticsearch_image; opensearch_image; python_image; step "images ready" ;;
+  images) base_image; jre_image; elasticsearch_image; opensearch_image; python_image
+          $D image prune -f --filter label=es-rerank.standin >/dev/null  # the outdated stand-ins, untagged now
+          step "images ready" ;;
   *) echo "usage: $0 compose-plugin DIR | images (got '${1:-}')" >&2; exit 2 ;;
 esac
