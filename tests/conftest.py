@@ -51,6 +51,8 @@ def selected_engines() -> tuple[str, ...]:
 def pytest_configure(config):
     config.addinivalue_line("markers", "both_engines: run once per engine (ES_RERANK_TEST_ENGINES, default "
                                        "elasticsearch,opensearch), each on a real node")
+    config.addinivalue_line("markers", "compose_live: brings docker-compose.yml up with Docker for real "
+                                       "(opt-in: ES_RERANK_TEST_COMPOSE=1, root; see tests/test_compose_live.py)")
 
 
 def pytest_generate_tests(metafunc):

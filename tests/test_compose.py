@@ -3,11 +3,14 @@
 No image can be pulled in CI, so nothing is started: ``docker-compose config`` (Debian's
 ``docker-compose`` 1.29.2 needs no daemon) parses and validates the file, and the
 normalised output is checked: image tags follow ``es_rerank/_versions.py``, every port
-binds 127.0.0.1 only, OpenSearch sits in its own profile on 9202 with security off.
+binds 127.0.0.1 only, OpenSearch sits in its own profile on 9202 with security off, host ports
+and the open-files limit follow their environment variables, no memlock is asked for.
+``tests/test_compose_live.py`` brings the same file up for real.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,11 +31,18 @@ pytestmark = pytest.mark.skipif(
            "docker-compose.yml offline")
 
 
-def _config(path: Path, *profiles: str) -> subprocess.CompletedProcess:
+COMPOSE_VARS = ("ES_RERANK_COMPOSE_ES_PORT", "ES_RERANK_COMPOSE_OPENSEARCH_PORT", "ES_RERANK_COMPOSE_SERVE_PORT",
+                "ES_RERANK_COMPOSE_NOFILE")
+
+
+def _config(path: Path, *profiles: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     args = [DOCKER_COMPOSE, "-f", str(path)]
     for profile in profiles:
         args += ["--profile", profile]
-    return subprocess.run([*args, "config"], capture_output=True, text=True, cwd=path.parent, timeout=60)
+    # the file's defaults, whatever this shell exports
+    base = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARS}
+    return subprocess.run([*args, "config"], capture_output=True, text=True, cwd=path.parent, timeout=60,
+                          env={**base, **(env or {})})
 
 
 @pytest.fixture(scope="module", params=[(), ("opensearch",), ("serve",)], ids=["default", "opensearch", "serve"])
@@ -90,6 +100,27 @@ def test_opensearch_is_a_plain_local_single_node(config):
     assert "_cluster/health" in " ".join(service["healthcheck"]["test"])
     volume = service["volumes"][0].split(":")[0]
     assert volume in config["volumes"]  # a named volume, not a host folder
+
+
+def test_engines_ask_for_open_files_not_memlock(config):
+    """memlock is only for bootstrap.memory_lock, which is not set; it blocks a start without CAP_SYS_RESOURCE."""
+    for name in ("elasticsearch", "opensearch"):
+        service = config["services"][name]
+        assert service["ulimits"] == {"nofile": {"soft": 65536, "hard": 65536}}
+        assert not any("memory_lock" in str(e) for e in service["environment"])
+
+
+def test_ports_and_open_files_follow_the_environment():
+    env = {"ES_RERANK_COMPOSE_ES_PORT": "19200", "ES_RERANK_COMPOSE_OPENSEARCH_PORT": "19202",
+           "ES_RERANK_COMPOSE_SERVE_PORT": "19201", "ES_RERANK_COMPOSE_NOFILE": "20000"}
+    proc = _config(COMPOSE, "opensearch", "serve", env=env)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    assert {name: _ports(s) for name, s in services.items()} == {
+        "elasticsearch": [("127.0.0.1", "19200", "9200")], "opensearch": [("127.0.0.1", "19202", "9200")],
+        "serve": [("127.0.0.1", "19201", "9201")]}
+    assert services["elasticsearch"]["ulimits"]["nofile"] == {"soft": 20000, "hard": 20000}
+    assert services["opensearch"]["ulimits"]["nofile"] == {"soft": 20000, "hard": 20000}
 
 
 def test_validator_rejects_a_broken_file(tmp_path):
