@@ -249,12 +249,14 @@ def _call_in_thread(fn):
 
 @pytest.mark.parametrize("kind", ["pointwise", "listwise"])
 def test_close_cancels_calls_blocked_on_a_server_that_never_answers(request, kind):
-    """close() ends a call in flight at once; it raises RerankerError and sends no retry."""
+    """close() ends a call in flight at once; it raises RerankerError and sends no retry, and
+    nothing of the call is sent after it (neither its queued candidates nor its later windows)."""
     with HungServer() as server:
-        cfg = LLMConfig(base_url=f"http://127.0.0.1:{server.port}/v1", api="completions", timeout=300, retries=2)
+        cfg = LLMConfig(base_url=f"http://127.0.0.1:{server.port}/v1", api="completions", timeout=300, retries=2,
+                        concurrency=2)
         reranker = LLMPointwiseReranker(cfg) if kind == "pointwise" else ListwiseReranker(cfg, window=2, step=1)
-        call = _call_in_thread(lambda: reranker.score("q", ["a", "b", "c"]))
-        in_flight = 3 if kind == "pointwise" else 1  # one request per candidate, or the first window
+        call = _call_in_thread(lambda: reranker.score("q", ["a", "b", "c", "d", "e"]))
+        in_flight = 2 if kind == "pointwise" else 1  # two candidates (three wait their turn), or the first window
         _wait_for(lambda: len(server.requests) == in_flight)
         began = time.monotonic()
         closing = _call_in_thread(reranker.close)

@@ -284,6 +284,14 @@ class LLMClient:
                              cancellation=cancellation)
         return self.post("/completions", {"prompt": prompt, **params}, cancellation=cancellation)
 
+    def cancellation(self) -> Cancellation:
+        """A new :class:`Cancellation` for the requests of one call, reached by :meth:`cancel_all`
+        from now on (even before the call's first request)."""
+        cancellation = Cancellation()
+        with self._lock:
+            self._in_flight.add(cancellation)
+        return cancellation
+
     def cancel_all(self) -> None:
         """Cancel every request in flight (their calls raise :class:`~es_rerank.errors.RerankerError`)."""
         with self._lock:
@@ -302,7 +310,7 @@ class LLMClient:
             path: Below the base URL (``/completions``).
             payload: The request body, less ``model``.
             cancellation: Ends this request (and its retries) when cancelled. Defaults to
-                one of its own, which :meth:`cancel_all` reaches too.
+                one of its own (:meth:`cancellation`).
 
         Returns:
             The reply's JSON object.
@@ -315,9 +323,7 @@ class LLMClient:
         """
         url = self.base_url + path
         body = json.dumps({"model": self.config.model, **payload}).encode()
-        cancellation = cancellation if cancellation is not None else Cancellation()
-        with self._lock:
-            self._in_flight.add(cancellation)
+        cancellation = cancellation if cancellation is not None else self.cancellation()
         opener = urllib.request.build_opener(_NoRedirect, _HTTPHandler(cancellation), _HTTPSHandler(cancellation))
         last: Exception | None = None
         for attempt in range(self.config.retries + 1):
@@ -604,8 +610,8 @@ class LLMPointwiseReranker(BaseReranker):
         with self._pool_lock:
             pool, self._pool = self._pool, None
         self._client.cancel_all()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:  # the calls' queued requests run too: each raises at once, cancelled
+            pool.shutdown(wait=True)
 
     def prompt(self, query: str, text: str) -> str:
         """The exact prompt sent for one candidate: cut, fenced, with the instructions."""
@@ -635,7 +641,7 @@ class LLMPointwiseReranker(BaseReranker):
         The first failing request fails the call; the call's other requests are then
         cancelled, as they are when the wait is interrupted (KeyboardInterrupt, SystemExit).
         """
-        cancellation = Cancellation()
+        cancellation = self._client.cancellation()
         futures = [self._executor().submit(self.judge, query, t, cancellation=cancellation) for t in texts]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -792,7 +798,7 @@ class ListwiseReranker(BaseReranker):
         """Indices of ``texts``, best first, and the usage of the requests this took."""
         order = list(range(len(texts)))
         usage = Usage()
-        cancellation = Cancellation()  # one for the call: close() ends its remaining windows too
+        cancellation = self._client.cancellation()  # one for the call: close() ends its later windows too
         for start, end in sliding_windows(len(texts), self.window, self.step):
             current = order[start:end]
             reply = self._client.generate(self.prompt(query, [texts[i] for i in current]), cancellation=cancellation,
