@@ -165,6 +165,9 @@ class Settings:
     serve_queue: int = _setting(8, "ES_RERANK_SERVE_QUEUE",
                                 "rerank requests admitted at once by `serve`; more get 429 with Retry-After")
     serve_timeout: float = _setting(30.0, "ES_RERANK_SERVE_TIMEOUT", "seconds a `serve` request may take")
+    serve_body_timeout: float = _setting(10.0, "ES_RERANK_SERVE_BODY_TIMEOUT",
+                                         "seconds `serve` waits for the next bytes of a request body, then "
+                                         "answers 408")
     serve_max_body: int = _setting(10_000_000, "ES_RERANK_SERVE_MAX_BODY", "largest request body `serve` accepts "
                                    "(bytes)")
     serve_max_window: int = _setting(1000, "ES_RERANK_SERVE_MAX_WINDOW",
@@ -200,7 +203,7 @@ class Settings:
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise bad("chunk_overlap", f"chunk_overlap must be >= 0 and < chunk_tokens ({self.chunk_tokens}), "
                                        f"got {self.chunk_overlap}")
-        for name in ("request_timeout", "llm_timeout", "serve_timeout", "lease_ttl"):
+        for name in ("request_timeout", "llm_timeout", "serve_timeout", "serve_body_timeout", "lease_ttl"):
             if getattr(self, name) <= 0:
                 raise bad(name, f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("embed_batch_size", "rerank_batch_size", "max_document_chars", "max_chunk_chars", "llm_concurrency",

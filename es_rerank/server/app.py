@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import threading
 import time
 import zlib
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Callable, Mapping
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -44,7 +46,7 @@ from ..rerankers import Reranker
 from .errors import ApiError, bad_request, from_exception
 from .metrics import Metrics, outcome_of
 from .pipeline import RerankService, caller_headers
-from .proxy import Passthrough
+from .proxy import Passthrough, body_chunks
 from .translate import BANNER_NODE_FIELDS, is_rerank_search, parse_inference, parse_search, root_banner
 
 logger = logging.getLogger(__name__)
@@ -97,16 +99,46 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+#: Deepest nesting of arrays and objects read from a request body. Python's JSON decoder (and
+#: the code that walks a body) recurses once per level: 100,000 "[" would overflow the stack.
+#: Real search bodies nest a few dozen levels at most.
+MAX_NESTING = 200
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def nesting(body: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest; brackets inside strings do not count.
+
+    Linear and without recursion, so it measures a body before anything recursive reads it.
+
+    Example:
+        >>> nesting(b'{"a": [1, {"b": "]]}{[["}]}'), nesting(b"[" * 100_000)
+        (3, 100000)
+    """
+    steps = _JSON_STRING.sub(b"", body).translate(_STEP, _NOT_BRACKET)
+    if not steps:
+        return 0
+    return max(0, int(np.cumsum(np.frombuffer(steps, dtype=np.int8), dtype=np.int64).max()))
+
+
 def parse_json(body: bytes, content_type: str | None) -> Any:
     """The decoded body; ``_NOT_JSON`` for an empty body or a non-JSON media type (SMILE, CBOR ...).
 
     Raises:
-        ApiError: 400 for a JSON body that does not parse (or repeats a field).
+        ApiError: 400 for a JSON body that does not parse, repeats a field or nests deeper
+            than :data:`MAX_NESTING` levels.
     """
     if content_type and "json" not in content_type.lower():
         return _NOT_JSON
     if not body.strip():
         return _NOT_JSON
+    depth = nesting(body)
+    if depth > MAX_NESTING:
+        raise bad_request(f"request body is nested {depth} levels deep; the limit is {MAX_NESTING}",
+                          type="x_content_parse_exception")
     try:
         return json.loads(body.decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except UnicodeDecodeError as e:
@@ -116,11 +148,12 @@ def parse_json(body: bytes, content_type: str | None) -> Any:
                           type="parse_exception") from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused once it is larger than ``limit`` bytes (nothing more is read).
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused once it is larger than ``limit`` bytes (nothing more is read)
+    or when its next bytes do not arrive within ``timeout`` seconds.
 
     Raises:
-        ApiError: 413 naming the size and the limit.
+        ApiError: 413 naming the size and the limit; 408 for a body that stopped arriving.
     """
     def too_large(size: int) -> ApiError:
         return ApiError(413, "content_too_long_exception",
@@ -131,7 +164,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared))
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, timeout):
         size += len(chunk)
         if size > limit:
             raise too_large(size)
@@ -270,7 +303,7 @@ class Server:
         started = time.perf_counter()
         index = request.path_params.get("index")
         try:
-            body = await read_body(request, self.settings.serve_max_body)
+            body = await read_body(request, self.settings.serve_max_body, self.settings.serve_body_timeout)
             plain = decoded_body(body, request.headers.get("content-encoding"), self.settings.serve_max_body)
             parsed = _NOT_JSON if plain is None else parse_json(plain, request.headers.get("content-type"))
             if parsed is _NOT_JSON or not is_rerank_search(parsed):
@@ -313,7 +346,7 @@ class Server:
         if not self.service.knows(inference_id):
             return await self.pass_through(request)
         try:
-            body = await read_body(request, self.settings.serve_max_body)
+            body = await read_body(request, self.settings.serve_max_body, self.settings.serve_body_timeout)
             plain = decoded_body(body, request.headers.get("content-encoding"), self.settings.serve_max_body)
             if plain is None:
                 raise bad_request(f"unsupported Content-Encoding {request.headers.get('content-encoding')!r}: "
@@ -394,6 +427,12 @@ class Server:
         pretty = request.query_params.get("pretty") not in (None, "false")
         return self.json_response(root_banner(info, uuid), pretty=pretty)
 
+    async def unexpected(self, request: Request, exc: Exception) -> Response:
+        """A failure no route turned into an answer: still Elasticsearch's error JSON, never a
+        plain-text page (the error is logged with its traceback)."""
+        error = from_exception(exc, secrets=self.secrets)
+        return self.json_response(error.body(), error.status, headers=error.headers, product=not error.relayed)
+
     async def metrics_text(self, request: Request) -> Response:
         content, media_type = self.metrics.render()
         return Response(content, media_type=media_type)
@@ -442,6 +481,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         Route("/{index}/_search", server.search, methods=["GET", "POST"]),
         Route("/{path:path}", server.other, methods=ALL_METHODS),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server.unexpected})
     app.state.server = server
     return app
