@@ -401,6 +401,8 @@ def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, pr
 @setting_option("embed_batch_size", "--embed-batch-size")
 @setting_option("max_document_chars", "--max-document-chars")
 @setting_option("analyzer", "--analyzer")
+@setting_option("shards", "--shards")
+@setting_option("replicas", "--replicas")
 @click.option("--bulk-size", type=int, default=200, help="Actions per bulk request.")
 @click.option("--include-hidden", is_flag=True, help="Also read hidden files and folders inside folders.")
 @click.option("--follow-symlinks", is_flag=True, help="Also follow symlinks that lead out of a given folder.")
@@ -409,7 +411,7 @@ def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, pr
 @click.pass_context
 @_fail_cleanly
 def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed_batch_size, max_document_chars,
-              analyzer, bulk_size, include_hidden, follow_symlinks, as_json, progress):
+              analyzer, shards, replicas, bulk_size, include_hidden, follow_symlinks, as_json, progress):
     """Chunk, embed and index documents from JSONL, CSV, .txt/.md files or folders.
 
     JSONL lines hold id (or _id), text, and optionally title and metadata; CSV files
@@ -422,7 +424,7 @@ def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed
     if bulk_size < 1:
         raise click.BadParameter(f"must be >= 1, got {bulk_size}", param_hint="--bulk-size")
     s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size,
-                  max_document_chars=max_document_chars, analyzer=analyzer)
+                  max_document_chars=max_document_chars, analyzer=analyzer, shards=shards, replicas=replicas)
     refused = None
     with open_engine(s) as engine:
         try:

@@ -158,6 +158,10 @@ class Settings:
                                             "extra instructions folded into the LLM prompts")
     listwise_window: int = _setting(20, "ES_RERANK_LISTWISE_WINDOW", "candidates per listwise LLM call")
     listwise_step: int = _setting(10, "ES_RERANK_LISTWISE_STEP", "how far the listwise window moves each call")
+    shards: int = _setting(1, "ES_RERANK_SHARDS", "primary shards of new indices (more spread a large index over nodes)")
+    replicas: int | None = _setting(None, "ES_RERANK_REPLICAS",
+                                    "replicas of each shard in new indices (after the build); default: one where a "
+                                    "second node exists, else none (`auto_expand_replicas` 0-1)", shown_default="0-1")
     hnsw_m: int = _setting(16, "ES_RERANK_HNSW_M", "HNSW `m` of the vector field")
     hnsw_ef_construction: int = _setting(100, "ES_RERANK_HNSW_EF_CONSTRUCTION", "HNSW `ef_construction`")
     serve_host: str = _setting("127.0.0.1", "ES_RERANK_SERVE_HOST", "address `es-rerank serve` binds")
@@ -198,6 +202,10 @@ class Settings:
             raise bad("rank_constant", f"rank_constant must be >= 1, got {self.rank_constant}")
         if not 0.0 <= self.blend_weight <= 1.0:
             raise bad("blend_weight", f"blend_weight must be between 0 and 1, got {self.blend_weight}")
+        if self.shards < 1:
+            raise bad("shards", f"shards must be >= 1, got {self.shards}")
+        if self.replicas is not None and self.replicas < 0:
+            raise bad("replicas", f"replicas must be >= 0, got {self.replicas}")
         if self.chunk_tokens < 8:
             raise bad("chunk_tokens", f"chunk_tokens must be >= 8, got {self.chunk_tokens}")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
