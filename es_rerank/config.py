@@ -179,6 +179,9 @@ class Settings:
                                      "accepts")
     serve_batch_wait_ms: float = _setting(5.0, "ES_RERANK_SERVE_BATCH_WAIT_MS",
                                           "how long `serve` waits to batch pairs of concurrent requests; `0` off")
+    serve_ui: bool = _setting(True, "ES_RERANK_SERVE_UI",
+                              "`serve` answers `/_es_rerank/ui`, the page comparing hybrid and reranked rankings; "
+                              "`false` off")
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ConfigError:
