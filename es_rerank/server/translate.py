@@ -3,8 +3,10 @@
 No I/O here: the parsers turn a ``_search`` body whose retriever is a
 ``text_similarity_reranker`` (or an inference request) into frozen records and raise
 :class:`~es_rerank.server.errors.ApiError` (400, naming the field) for anything malformed;
-the builders turn those records into the request bodies sent to the cluster, and the
-results back into Elasticsearch's response JSON. Everything is tested by exact equality.
+the child retriever becomes the retriever records of a retrieval plan (:mod:`es_rerank.types`;
+:mod:`es_rerank.retrieval` runs the plan and the engines build its bodies, as for
+:class:`~es_rerank.Searcher`); the builders here turn the results back into Elasticsearch's
+response JSON. Everything is tested by exact equality.
 
 Supported, as Elasticsearch documents them:
 
@@ -31,19 +33,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..engines.base import MAX_NUM_CANDIDATES
-from ..types import Hit
+from ..retrieval import source_fields
+from ..types import DEFAULT_RANK_CONSTANT, DEFAULT_WINDOW, Hit, Knn, Node, Rrf, Standard
 from .errors import ApiError, bad_request
 
-if TYPE_CHECKING:
-    from ..engines import Engine
-
 RERANKER = "text_similarity_reranker"
-DEFAULT_WINDOW = 10  # Elasticsearch's default rank_window_size
 DEFAULT_SIZE = 10
-DEFAULT_RANK_CONSTANT = 60
 DEFAULT_MAX_WINDOW = 1000
 """Largest ``rank_window_size`` (and inference ``input`` list) accepted: every candidate is
 one cross-encoder pair, and 1,000 pairs already take seconds on a CPU."""
@@ -74,40 +72,6 @@ class SourceSpec:
     enabled: bool = True
     includes: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Standard:
-    """A ``standard`` retriever: the caller's own query DSL, sent as it is."""
-
-    query: Mapping[str, Any] | None
-    filters: tuple[Mapping[str, Any], ...] = ()
-    min_score: float | None = None
-
-
-@dataclass(frozen=True)
-class Knn:
-    """A ``knn`` retriever; ``text`` is embedded by the server when no ``vector`` is given."""
-
-    field: str
-    k: int
-    num_candidates: int
-    vector: tuple[float, ...] | None = None
-    text: str | None = None
-    similarity: float | None = None
-    filters: tuple[Mapping[str, Any], ...] = ()
-
-
-@dataclass(frozen=True)
-class Rrf:
-    """An ``rrf`` retriever over child retrievers."""
-
-    children: tuple["Node", ...]
-    rank_constant: int = DEFAULT_RANK_CONSTANT
-    window: int = DEFAULT_WINDOW
-
-
-Node = Union[Standard, Knn, Rrf]
 
 
 @dataclass(frozen=True)
@@ -447,83 +411,7 @@ def parse_inference(body: Any, *, max_inputs: int = DEFAULT_MAX_WINDOW) -> Infer
     return InferenceRequest(query, inputs, return_documents, top_n)
 
 
-# -- request bodies for the cluster ------------------------------------------------------------
-
-def standard_query(node: Standard) -> dict[str, Any]:
-    """The query of a ``standard`` retriever under its filters (unchanged when there are none)."""
-    query = dict(node.query) if node.query is not None else {"match_all": {}}
-    if not node.filters:
-        return query
-    return {"bool": {"must": [query], "filter": [dict(f) for f in node.filters]}}
-
-
-def knn_clause(node: Knn) -> dict[str, Any]:
-    """Elasticsearch's ``knn`` clause (the vector must be resolved), for server-side ``rrf`` retrievers."""
-    from ..engines.elasticsearch import ElasticsearchEngine
-
-    if node.vector is None:
-        raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
-    return ElasticsearchEngine.knn_clause(node.vector, k=node.k, clauses=node.filters, field=node.field,
-                                          num_candidates=node.num_candidates, similarity=node.similarity)
-
-
-def _with_source(body: dict[str, Any], source: Any) -> dict[str, Any]:
-    if source is not None:
-        body["_source"] = source
-    return body
-
-
-def leaf_body(node: Standard | Knn, *, engine: Engine, size: int, source: Any = None) -> dict[str, Any]:
-    """The search body of one ``standard`` or ``knn`` retriever, in ``engine``'s syntax.
-
-    Args:
-        node: The retriever (a knn's vector resolved).
-        engine: The engine the body is for (it owns the kNN syntax).
-        size: Hits to fetch.
-        source: The ``_source`` to ask for; None leaves it out (the whole ``_source``).
-
-    Raises:
-        ValidationError: A kNN option the engine does not take (OpenSearch: ``similarity``).
-    """
-    if isinstance(node, Standard):
-        body: dict[str, Any] = {"size": size, "query": standard_query(node)}
-        if node.min_score is not None:
-            body["min_score"] = node.min_score
-        return _with_source(body, source)
-    if node.vector is None:
-        raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
-    return engine.knn_search_body(node.vector, size=size, k=node.k, field=node.field,
-                                  num_candidates=node.num_candidates, clauses=node.filters,
-                                  similarity=node.similarity, source=source)
-
-
-def retriever_json(node: Node) -> dict[str, Any]:
-    """Elasticsearch's retriever JSON for a (resolved) retriever tree, for server-side RRF."""
-    if isinstance(node, Standard):
-        spec: dict[str, Any] = {"query": standard_query(node)}
-        if node.min_score is not None:
-            spec["min_score"] = node.min_score
-        return {"standard": spec}
-    if isinstance(node, Knn):
-        return {"knn": knn_clause(node)}
-    return {"rrf": {"retrievers": [retriever_json(c) for c in node.children], "rank_constant": node.rank_constant,
-                    "rank_window_size": node.window}}
-
-
-def rrf_body(node: Rrf, *, size: int, source: Any = None) -> dict[str, Any]:
-    """A search body with the ``rrf`` retriever, fused by Elasticsearch (rank-rrf module, licensed)."""
-    return _with_source({"size": size, "retriever": retriever_json(node)}, source)
-
-
-def leaves(node: Node, size: int) -> Iterator[tuple[Standard | Knn, int]]:
-    """The ``standard``/``knn`` retrievers of a tree, depth first, each with the hits it fetches
-    (its enclosing ``rrf``'s window, or ``size`` at the top)."""
-    if isinstance(node, Rrf):
-        for child in node.children:
-            yield from leaves(child, node.window)
-    else:
-        yield node, size
-
+# -- what the searches ask for ----------------------------------------------------------------
 
 def source_request(spec: SourceSpec, needed: Sequence[str]) -> Any:
     """The ``_source`` to ask the cluster for: the caller's includes plus the fields reranking needs.
@@ -534,7 +422,7 @@ def source_request(spec: SourceSpec, needed: Sequence[str]) -> Any:
     if not spec.enabled:
         return list(needed) if needed else False
     if spec.includes:
-        return {"includes": sorted(set(spec.includes) | set(needed))}
+        return source_fields(needed, spec.includes)
     return None
 
 
