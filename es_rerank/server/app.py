@@ -465,7 +465,7 @@ class Server:
                 # also keeps other sites' plain form posts out (they cannot send JSON without asking)
                 raise ApiError(415, "media_type_header_exception",
                                f"send the request as application/json, got {request.headers.get('content-type')!r}")
-            body = await read_body(request, self.settings.serve_max_body)
+            body = await read_body(request, self.settings.serve_max_body, self.settings.serve_body_timeout)
             parsed = parse_json(body, request.headers.get("content-type"))
             spec = parse_compare(None if parsed is _NOT_JSON else parsed, rerankers=self.service.inference_ids,
                                  max_window=self.max_window)
