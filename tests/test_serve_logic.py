@@ -20,9 +20,9 @@ from es_rerank.server.metrics import Metrics
 from es_rerank.retrieval import fuse as _fuse
 from es_rerank.retrieval import leaves
 from es_rerank.server.pipeline import caller_headers, without_credentials
-from es_rerank.server.translate import (Knn, Rrf, SourceSpec, Standard, field_hits, field_text, filter_source,
-                                        inference_response, is_rerank_search, parse_inference, parse_search,
-                                        search_response, source_request)
+from es_rerank.server.answers import (field_hits, field_text, filter_source, inference_response, search_response,
+                                      source_request)
+from es_rerank.server.translate import Knn, Rrf, SourceSpec, Standard, is_rerank_search, parse_inference, parse_search
 from es_rerank.types import Hit
 
 Q = {"match": {"text": "refund"}}

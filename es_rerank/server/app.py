@@ -45,11 +45,12 @@ from ..config import Settings
 from ..embedding import Embedder
 from ..engines import Engine
 from ..rerankers import Reranker
+from .answers import BANNER_NODE_FIELDS, root_banner
 from .errors import ApiError, bad_request, from_exception
 from .metrics import Metrics, outcome_of
 from .pipeline import RerankService, caller_headers
 from .proxy import Passthrough, body_chunks
-from .translate import BANNER_NODE_FIELDS, is_rerank_search, parse_inference, parse_search, root_banner
+from .translate import is_rerank_search, parse_inference, parse_search
 from .ui import (COMPARE_PATH, JUDGED_PATH, SECURITY_HEADERS, STATIC_FILES, UI_PATH, Judgments, compare,
                  parse_compare, static_file)
 

@@ -36,8 +36,8 @@ from ..runtime import timed_load
 from .batching import BatchedReranker, PairBatcher
 from .errors import bad_request
 from .metrics import Metrics
-from .translate import (InferenceRequest, RerankSearch, combine_totals, field_hits, inference_response, search_response,
-                        source_request)
+from .answers import combine_totals, field_hits, inference_response, search_response, source_request
+from .translate import InferenceRequest, RerankSearch
 
 logger = logging.getLogger(__name__)
 
