@@ -18,17 +18,8 @@ from ..rerankers import Reranker
 from ..types import Hit, Usage
 from .data import BeirData, own_document_rule
 from .metrics import doc_scores, evaluate_run, metric_names, per_query, percentiles
-from .runner import (
-    BASELINE,
-    PRIMARY_METRIC,
-    QueryDetails,
-    RETRIEVAL_MODES,
-    candidates,
-    environment,
-    query_ids,
-    view_hits,
-    warm_up,
-)
+from .runner import (BASELINE, PRIMARY_METRIC, RETRIEVAL_MODES, QueryDetails, environment, query_ids,
+                     retrieve_candidates, view_hits, warm_up)
 from .stats import DEFAULT_SEED, PairedComparison, paired_comparison
 
 logger = logging.getLogger(__name__)
@@ -181,7 +172,7 @@ def run_eval(
     for i, qid in enumerate(qids, start=1):
         query = data.queries[qid]
         for mode in RETRIEVAL_MODES:
-            hits, ms, dropped = candidates(searcher, qid, query, depth=depth, mode=mode, fusion=fusion,
+            hits, ms, dropped = retrieve_candidates(searcher, qid, query, depth=depth, mode=mode, fusion=fusion,
                                             exclude_own=rule.exclude)
             runs[mode][qid] = doc_scores(hits)
             retrieval_ms[mode].append(ms)

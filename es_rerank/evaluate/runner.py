@@ -135,7 +135,7 @@ def warm_up(searcher: Searcher, query: str, rerankers: Sequence[Reranker], fusio
         searcher.rerank(query, hits, final_k=None, reranker=reranker, blend="none", results="chunks")
 
 
-def candidates(searcher: Searcher, qid: str, query: str, *, depth: int, mode: str, fusion: str | None,
+def retrieve_candidates(searcher: Searcher, qid: str, query: str, *, depth: int, mode: str, fusion: str | None,
                 exclude_own: bool) -> tuple[list[Hit], float, bool]:
     """First-stage hits (without the query's own document when asked), retrieval ms, and whether it was there."""
     first = searcher.retrieve(query, depth=depth, mode=mode, fusion=fusion)

@@ -17,18 +17,8 @@ from ..types import Hit
 from .data import BeirData, own_document_rule
 from .evaluation import paired_phrase
 from .metrics import doc_scores, evaluate_run, per_query, percentiles
-from .runner import (
-    FEW_QUERIES,
-    PRIMARY_METRIC,
-    QueryDetails,
-    SMALLEST_GAIN,
-    candidates,
-    compare_runs,
-    environment,
-    query_ids,
-    view_hits,
-    warm_up,
-)
+from .runner import (FEW_QUERIES, PRIMARY_METRIC, SMALLEST_GAIN, QueryDetails, compare_runs, environment, query_ids,
+                     retrieve_candidates, view_hits, warm_up)
 from .stats import DEFAULT_SEED, PairedComparison, paired_comparison
 
 logger = logging.getLogger(__name__)
@@ -277,7 +267,7 @@ def run_sweep(
         r_ms, rr_ms = [], []
         for qid in qids:
             query = data.queries[qid]
-            hits, ms, dropped = candidates(searcher, qid, query, depth=depth, mode="hybrid", fusion=fusion,
+            hits, ms, dropped = retrieve_candidates(searcher, qid, query, depth=depth, mode="hybrid", fusion=fusion,
                                             exclude_own=rule.exclude)
             if dropped and depth == depths[-1]:
                 found += 1

@@ -17,21 +17,10 @@ from ..rerankers import Reranker
 from ..types import Hit
 from .data import BeirData, own_document_rule
 from .metrics import percentiles
-from .runner import PRIMARY_METRIC, candidates, environment, query_ids, warm_up
+from .runner import PRIMARY_METRIC, environment, query_ids, retrieve_candidates, warm_up
 from .stats import DEFAULT_SEED, PairedComparison
-from .tune import (
-    DEFAULT_ALPHAS,
-    DEFAULT_DEPTHS,
-    Grid,
-    KFoldResult,
-    Recommendation,
-    Setting,
-    TuneResult,
-    check_metric,
-    cross_validate,
-    evaluate_grid,
-    select,
-)
+from .tune import (DEFAULT_ALPHAS, DEFAULT_DEPTHS, Grid, KFoldResult, Recommendation, Setting, TuneResult, check_metric,
+                   cross_validate, evaluate_grid, select)
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +223,7 @@ def run_tune(
     for i, qid in enumerate(qids, start=1):
         query = data.queries[qid]
         t0 = time.perf_counter()
-        hits, _, dropped = candidates(searcher, qid, query, depth=max_depth, mode="hybrid", fusion=fusion,
+        hits, _, dropped = retrieve_candidates(searcher, qid, query, depth=max_depth, mode="hybrid", fusion=fusion,
                                        exclude_own=rule.exclude)
         retrieval_s += time.perf_counter() - t0
         found += dropped
