@@ -840,7 +840,7 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclude
     from pathlib import Path
 
     from .evaluate.report import eval_table, write_eval
-    from .evaluate.runner import run_eval
+    from .evaluate.evaluation import run_eval
 
     started = time.perf_counter()
     if final_k is None and depth is not None and depth < _settings(ctx).final_k:
@@ -898,7 +898,7 @@ def sweep_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclud
     from pathlib import Path
 
     from .evaluate.report import sweep_sentence, sweep_table, write_sweep
-    from .evaluate.runner import run_sweep
+    from .evaluate.sweep import run_sweep
 
     started = time.perf_counter()
     depth_list = _parse_depths(depths)
@@ -978,7 +978,7 @@ def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instru
     from pathlib import Path
 
     from .evaluate.report import tune_comparison, tune_cost, tune_env_lines, tune_latency, tune_table, write_tune
-    from .evaluate.runner import run_tune, tune_depths
+    from .evaluate.tuning import run_tune, tune_depths
     from .evaluate.tune import check_metric
 
     started = time.perf_counter()

@@ -21,18 +21,17 @@ from typing import Any, Mapping, Sequence
 from .config import SEARCH_MODES, Settings
 from .embedding import Embedder, build_embedder
 from .engines import Engine, FieldInfo, open_engine
-from .errors import ConfigError, RerankerError, ValidationError
-from .fusion import fuse_hits
+from .engines.base import SOURCE_FIELDS
+from .errors import RerankerError, ValidationError
 from .ranking import check_blend, collapse, fallback_count
 from .ranking import rerank as order_and_blend
 from .rerankers import BaseReranker, Reranker, as_reranker, build_reranker
 from .rerankers.base import Scored
+from .retrieval import FUSIONS, resolve, run, source_fields, text_plan  # noqa: F401 - FUSIONS re-exported
 from .runtime import timed_load
 from .types import Hit, SearchResult, Timings, Usage
 
 logger = logging.getLogger(__name__)
-
-FUSIONS = ("auto", "server", "client")
 
 
 def _ms(seconds: float) -> float:
@@ -238,19 +237,12 @@ class Searcher:
 
     # -- retrieval -----------------------------------------------------------------------------
 
-    def _use_server_fusion(self, fusion: str) -> bool:
-        if fusion not in FUSIONS:
-            raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}", setting="fusion")
-        if fusion == "client":
-            return False
-        available = self.engine.server_fusion()
-        if fusion == "server" and not available:
-            raise ConfigError(self.engine.server_fusion_hint, setting="fusion")
-        return available
-
     def retrieve(self, query: str, *, depth: int, mode: str = "hybrid", filters: Mapping[str, Any] | None = None,
                  fusion: str | None = None) -> Retrieval:
         """First stage only: up to ``depth`` candidates in retrieval order.
+
+        Builds the plan of :func:`es_rerank.retrieval.text_plan` and runs it: the same code
+        path as the server's reranking ``_search``.
 
         Args:
             query: The user's question (plain text; never parsed as query syntax).
@@ -269,36 +261,17 @@ class Searcher:
         if mode not in SEARCH_MODES:
             raise ValidationError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}", field="mode")
         validate_sizes(depth, None)
-        fusion = self.settings.fusion if fusion is None else fusion
-        index = self.settings.index
-        clauses = self._filter_clauses(filters)
-        use_server = mode == "hybrid" and self._use_server_fusion(fusion)
+        plan = text_plan(query, index=self.settings.index, mode=mode, depth=depth,
+                         rank_constant=self.settings.rank_constant, clauses=self._filter_clauses(filters),
+                         source=source_fields(SOURCE_FIELDS),
+                         fusion=self.settings.fusion if fusion is None else fusion)
         t0 = time.perf_counter()
-        vector = self.embedder.embed_query(query) if mode in ("hybrid", "knn") else None
+        plan = resolve(plan, self.embedder)
         t1 = time.perf_counter()
-        used = None
-        if mode == "bm25":
-            resp = self.engine.search(index, self.engine.bm25_body(query, size=depth, clauses=clauses))
-            took, hits = resp.get("took", 0), self.engine.hits(resp)
-        elif mode == "knn":
-            resp = self.engine.search(index, self.engine.knn_body(vector, size=depth, clauses=clauses))
-            took, hits = resp.get("took", 0), self.engine.hits(resp)
-        elif use_server:
-            body = self.engine.hybrid_body(query, vector, depth=depth, rank_constant=self.settings.rank_constant,
-                                           clauses=clauses)
-            resp = self.engine.search(index, body)
-            took, hits, used = resp.get("took", 0), self.engine.hits(resp), "server"
-        else:
-            took, (bm25, knn) = self.engine.msearch(index, [
-                self.engine.bm25_body(query, size=depth, clauses=clauses),
-                self.engine.knn_body(vector, size=depth, clauses=clauses),
-            ])
-            hits = fuse_hits([self.engine.hits(bm25), self.engine.hits(knn)],
-                             rank_constant=self.settings.rank_constant, window=depth)
-            used = "client"
+        got = run(self.engine, plan, window=depth)
         t2 = time.perf_counter()
-        return Retrieval(tuple(hits), Timings(embed_ms=_ms(t1 - t0), retrieval_ms=_ms(t2 - t0),
-                                              es_took_ms=float(took)), mode, used)
+        return Retrieval(tuple(got.hits), Timings(embed_ms=_ms(t1 - t0), retrieval_ms=_ms(t2 - t0),
+                                                  es_took_ms=got.took_ms), mode, got.fusion)
 
     # -- reranking ------------------------------------------------------------------------------
 

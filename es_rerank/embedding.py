@@ -83,10 +83,6 @@ class ModelEmbedder:
             self._dims = int(dims) if dims is not None else int(self.embed_documents(["x"]).shape[1])
         return self._dims
 
-    @property
-    def max_tokens(self) -> int:
-        return int(self.model.max_length)
-
     def offsets(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the model's tokens in ``text`` (chunks are cut at them)."""
         return self.model.offsets(text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,60 @@ class SearchResult:
             "timings": self.timings.to_dict(),
             "hits": [h.to_dict() for h in self.hits],
         }
+
+
+# -- the first stage's retrievers (parsed from a request or built for a query; engines make the bodies) --
+
+DEFAULT_RANK_CONSTANT = 60
+DEFAULT_WINDOW = 10  # Elasticsearch's default rank_window_size
+
+
+@dataclass(frozen=True)
+class Standard:
+    """A ``standard`` retriever: a query in the cluster's DSL, sent as it is.
+
+    Attributes:
+        query: The query (None: ``match_all``).
+        filters: Filter clauses it runs under.
+        min_score: Hits scoring below it are left out (None: keep all).
+    """
+
+    query: Mapping[str, Any] | None
+    filters: tuple[Mapping[str, Any], ...] = ()
+    min_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Knn:
+    """A ``knn`` retriever; ``text`` is embedded (:func:`es_rerank.retrieval.resolve_vectors`) when no ``vector``.
+
+    Attributes:
+        field: The vector field.
+        k: Nearest neighbours to find.
+        num_candidates: HNSW candidates per shard (None: the engine's default for ``k``).
+        vector: The query vector, once known.
+        text: The text to embed into ``vector``.
+        similarity: Minimum similarity (Elasticsearch only).
+        filters: Filter clauses applied during the search.
+    """
+
+    field: str
+    k: int
+    num_candidates: int | None = None
+    vector: tuple[float, ...] | None = None
+    text: str | None = None
+    similarity: float | None = None
+    filters: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Rrf:
+    """An ``rrf`` retriever: reciprocal rank fusion of the first ``window`` hits of each child."""
+
+    children: tuple["Standard | Knn | Rrf", ...]
+    rank_constant: int = DEFAULT_RANK_CONSTANT
+    window: int = DEFAULT_WINDOW
+
+
+Node = Union[Standard, Knn, Rrf]
+"""A retriever tree: a leaf (``standard``, ``knn``) or an ``rrf`` over retrievers."""

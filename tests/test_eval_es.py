@@ -362,7 +362,7 @@ def test_tune_picks_the_known_best_cell(tune_known, engine, embedder, settings):
     from es_rerank.client import Searcher
     from es_rerank.evaluate.data import load_beir
     from es_rerank.evaluate.prepare import prepare_index
-    from es_rerank.evaluate.runner import run_tune
+    from es_rerank.evaluate.tuning import run_tune
     from es_rerank.evaluate.tune import Setting
 
     data = load_beir(tune_known, "dev")

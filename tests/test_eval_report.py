@@ -28,19 +28,10 @@ from es_rerank.evaluate.report import (
     write_sweep,
     write_tune,
 )
-from es_rerank.evaluate.runner import (
-    FEW_QUERIES,
-    EvalReport,
-    QueryDetails,
-    Row,
-    SweepPoint,
-    SweepReport,
-    TuneDetails,
-    TuneReport,
-    gap_analysis,
-    sweep_advice,
-    tune_depths,
-)
+from es_rerank.evaluate.evaluation import EvalReport, Row, gap_analysis
+from es_rerank.evaluate.runner import FEW_QUERIES, QueryDetails
+from es_rerank.evaluate.sweep import SweepPoint, SweepReport, sweep_advice
+from es_rerank.evaluate.tuning import TuneDetails, TuneReport, tune_depths
 from es_rerank.evaluate.stats import paired_comparison
 from es_rerank.evaluate.tune import NO_HELP, cross_validate, evaluate_grid, select
 from es_rerank.types import Hit

@@ -8,7 +8,7 @@ import pytest
 from es_rerank.errors import InputError, ValidationError
 from es_rerank.evaluate.data import load_beir
 from es_rerank.evaluate.metrics import doc_scores, evaluate_run, percentiles
-from es_rerank.evaluate.runner import plateau_depth
+from es_rerank.evaluate.sweep import plateau_depth
 
 QRELS = {"q1": {"d1": 1, "d2": 1}, "q2": {"d3": 1}, "q3": {"d9": 1}}
 RUN = {"q1": doc_scores(["d1", "dx", "d2"]), "q2": doc_scores(["dy", "d3"]), "q3": {}}

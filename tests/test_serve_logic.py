@@ -17,10 +17,12 @@ from es_rerank.server.app import _NOT_JSON, MAX_NESTING, Admission, decoded_body
 from es_rerank.server.batching import BatchedReranker, PairBatcher
 from es_rerank.server.errors import ApiError, from_exception
 from es_rerank.server.metrics import Metrics
-from es_rerank.server.pipeline import _fuse, caller_headers, without_credentials
-from es_rerank.server.translate import (Knn, Rrf, SourceSpec, Standard, field_hits, field_text, filter_source,
-                                        inference_response, is_rerank_search, leaf_body, leaves, parse_inference,
-                                        parse_search, rrf_body, search_response, source_request)
+from es_rerank.retrieval import fuse as _fuse
+from es_rerank.retrieval import leaves
+from es_rerank.server.pipeline import caller_headers, without_credentials
+from es_rerank.server.answers import (field_hits, field_text, filter_source, inference_response, search_response,
+                                      source_request)
+from es_rerank.server.translate import Knn, Rrf, SourceSpec, Standard, is_rerank_search, parse_inference, parse_search
 from es_rerank.types import Hit
 
 Q = {"match": {"text": "refund"}}
@@ -206,22 +208,22 @@ OS_ENGINE = OpenSearchEngine(Settings())
 
 def test_leaf_bodies_elasticsearch_and_opensearch():
     std = Standard(Q, ({"term": {"lang": "en"}},), min_score=0.5)
-    assert leaf_body(std, engine=ES_ENGINE, size=20, source=["title"]) == {
+    assert ES_ENGINE.leaf_body(std, size=20, source=["title"]) == {
         "size": 20, "query": {"bool": {"must": [Q], "filter": [{"term": {"lang": "en"}}]}}, "min_score": 0.5,
         "_source": ["title"]}
-    assert leaf_body(Standard(Q), engine=ES_ENGINE, size=5) == {"size": 5, "query": Q}
-    assert leaf_body(Standard(None), engine=OS_ENGINE, size=5) == {"size": 5, "query": {"match_all": {}}}
+    assert ES_ENGINE.leaf_body(Standard(Q), size=5) == {"size": 5, "query": Q}
+    assert OS_ENGINE.leaf_body(Standard(None), size=5) == {"size": 5, "query": {"match_all": {}}}
     knn = Knn("embedding", 20, 100, vector=(0.5, 1.0), filters=({"term": {"a": 1}},), similarity=0.2)
-    assert leaf_body(knn, engine=ES_ENGINE, size=20) == {"size": 20, "knn": {
+    assert ES_ENGINE.leaf_body(knn, size=20) == {"size": 20, "knn": {
         "field": "embedding", "query_vector": [0.5, 1.0], "k": 20, "num_candidates": 100,
         "filter": [{"term": {"a": 1}}], "similarity": 0.2}}
     os_knn = Knn("embedding", 20, 100, vector=(0.5, 1.0), filters=({"term": {"a": 1}},))
-    assert leaf_body(os_knn, engine=OS_ENGINE, size=20) == {"size": 20, "query": {"knn": {"embedding": {
+    assert OS_ENGINE.leaf_body(os_knn, size=20) == {"size": 20, "query": {"knn": {"embedding": {
         "vector": [0.5, 1.0], "k": 20, "filter": {"bool": {"filter": [{"term": {"a": 1}}]}}}}}}
     with pytest.raises(ValidationError, match="not supported on OpenSearch"):
-        leaf_body(knn, engine=OS_ENGINE, size=20)
+        OS_ENGINE.leaf_body(knn, size=20)
     with pytest.raises(ValueError, match="not resolved"):
-        leaf_body(Knn("embedding", 5, 10, text="q"), engine=ES_ENGINE, size=5)
+        ES_ENGINE.leaf_body(Knn("embedding", 5, 10, text="q"), size=5)
 
 
 def test_the_hybrid_child_asks_what_searcher_asks():
@@ -233,12 +235,12 @@ def test_the_hybrid_child_asks_what_searcher_asks():
     vector = (0.25, -0.5)
     bm25 = engine.bm25_query("refund")
     tree = Rrf((Standard(bm25), Knn("embedding", 20, num_candidates_for(20), vector=vector)), 60, 20)
-    sent = [leaf_body(node, engine=ES_ENGINE, size=size, source=None) for node, size in leaves(tree, 20)]
+    sent = [ES_ENGINE.leaf_body(node, size=size, source=None) for node, size in leaves(tree, 20)]
     want = [engine.bm25_body("refund", size=20), engine.knn_body(vector, size=20)]
     for got, expected in zip(sent, want):
         expected.pop("_source")
         assert got == expected
-    assert rrf_body(tree, size=20) == {k: v for k, v in engine.hybrid_body("refund", vector, depth=20).items()
+    assert ES_ENGINE.fused_body(tree, size=20) == {k: v for k, v in engine.hybrid_body("refund", vector, depth=20).items()
                                        if k != "_source"}
 
 

@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import ClusterError, ConfigError, IndexMissingError, MappingMismatchError, ValidationError
-from ..types import Hit
+from ..types import Hit, Knn, Rrf, Standard
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,19 @@ def _fill(node: Any, values: Mapping[str, Any]) -> Any:
 def num_candidates_for(k: int) -> int:
     """HNSW candidates per shard for a kNN search of ``k``: 2k, at least 100, at most 10,000."""
     return min(max(2 * k, 100), MAX_NUM_CANDIDATES)
+
+
+def resolved(node: Knn) -> tuple[float, ...]:
+    """A knn retriever's vector; a ``ValueError`` while its text is not embedded yet."""
+    if node.vector is None:
+        raise ValueError("knn vector not resolved: embed query_vector_builder's text first")
+    return node.vector
+
+
+def with_source(body: dict[str, Any], source: Any) -> dict[str, Any]:
+    if source is not None:
+        body["_source"] = source
+    return body
 
 
 @dataclass(frozen=True)
@@ -462,15 +475,80 @@ class Engine(ABC):
             bool_query["filter"] = [dict(c) for c in clauses]
         return {"bool": bool_query}
 
+    @staticmethod
+    def standard_query(node: Standard) -> dict[str, Any]:
+        """The query of a ``standard`` retriever under its filters (unchanged when there are none)."""
+        query = dict(node.query) if node.query is not None else {"match_all": {}}
+        if not node.filters:
+            return query
+        return {"bool": {"must": [query], "filter": [dict(f) for f in node.filters]}}
+
+    # -- the retrievers of a plain-text query (Searcher, the comparison page) -------------------
+
+    @classmethod
+    def bm25_retriever(cls, query: str, clauses: Sequence[Mapping[str, Any]] = ()) -> Standard:
+        """BM25 over text and title (:meth:`bm25_query`); the filter clauses are inside the query."""
+        return Standard(cls.bm25_query(query, clauses))
+
+    @staticmethod
+    def knn_retriever(k: int, clauses: Sequence[Mapping[str, Any]] = (), *, vector: Sequence[float] | None = None,
+                      text: str | None = None) -> Knn:
+        """kNN over the chunks' vectors for ``vector`` (or ``text``, embedded later), under the filter clauses."""
+        return Knn(VECTOR_FIELD, k, vector=None if vector is None else tuple(float(x) for x in vector), text=text,
+                   filters=tuple(dict(c) for c in clauses))
+
+    @classmethod
+    def hybrid_retriever(cls, query: str, *, depth: int, rank_constant: int = 60,
+                         clauses: Sequence[Mapping[str, Any]] = (), vector: Sequence[float] | None = None,
+                         text: str | None = None) -> Rrf:
+        """RRF of BM25 and kNN, each taking ``depth`` results (the rank window)."""
+        return Rrf((cls.bm25_retriever(query, clauses), cls.knn_retriever(depth, clauses, vector=vector, text=text)),
+                   rank_constant, depth)
+
+    # -- request bodies ---------------------------------------------------------------------------
+
+    def leaf_body(self, node: Standard | Knn, *, size: int, source: Any = None) -> dict[str, Any]:
+        """The search body of one ``standard`` or ``knn`` retriever, in this engine's syntax.
+
+        Args:
+            node: The retriever (a knn's vector resolved).
+            size: Hits to fetch.
+            source: The ``_source`` to ask for; None leaves it out (the whole ``_source``).
+
+        Raises:
+            ValidationError: A kNN option the engine does not take (OpenSearch: ``similarity``).
+            ValueError: A knn whose vector is not resolved yet.
+        """
+        if isinstance(node, Standard):
+            body: dict[str, Any] = {"size": size, "query": self.standard_query(node)}
+            if node.min_score is not None:
+                body["min_score"] = node.min_score
+            return with_source(body, source)
+        return self.knn_search_body(resolved(node), size=size, k=node.k, field=node.field,
+                                    num_candidates=node.num_candidates, clauses=node.filters,
+                                    similarity=node.similarity, source=source)
+
+    @abstractmethod
+    def can_fuse(self, node: Rrf) -> bool:
+        """Whether :meth:`fused_body` can express ``node`` (the cluster's fusion may still be missing)."""
+
+    @abstractmethod
+    def fused_body(self, node: Rrf, *, size: int, source: Any = None) -> dict[str, Any]:
+        """One search body that fuses ``node``'s retrievers on the server (vectors resolved).
+
+        Raises:
+            ValidationError: A tree this engine cannot fuse (see :meth:`can_fuse`).
+        """
+
     def bm25_body(self, query: str, *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
                   source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
         """Search body for BM25 alone."""
-        return {"size": size, "query": self.bm25_query(query, clauses), "_source": list(source)}
+        return self.leaf_body(self.bm25_retriever(query, clauses), size=size, source=list(source))
 
     def knn_body(self, vector: Sequence[float], *, size: int, clauses: Sequence[Mapping[str, Any]] = (),
                  source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
         """Search body for approximate kNN alone over the chunks' vectors, under the filter clauses."""
-        return self.knn_search_body(vector, size=size, k=size, clauses=clauses, source=list(source))
+        return self.leaf_body(self.knn_retriever(size, clauses, vector=vector), size=size, source=list(source))
 
     @abstractmethod
     def knn_search_body(self, vector: Sequence[float], *, size: int, k: int, field: str = VECTOR_FIELD,
@@ -482,10 +560,11 @@ class Engine(ABC):
             ValidationError: An option this engine's kNN search does not take.
         """
 
-    @abstractmethod
     def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
                     clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
         """Search body that fuses BM25 and kNN with RRF on the server (where supported)."""
+        node = self.hybrid_retriever(query, depth=depth, rank_constant=rank_constant, clauses=clauses, vector=vector)
+        return self.fused_body(node, size=depth, source=list(source))
 
     # -- searching ----------------------------------------------------------------------------
 

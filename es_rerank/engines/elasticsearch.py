@@ -6,7 +6,8 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from ..errors import ClusterError
-from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine, invalid_url_message, num_candidates_for
+from ..types import Knn, Node, Rrf, Standard
+from .base import VECTOR_FIELD, Engine, invalid_url_message, num_candidates_for, resolved, with_source
 
 logger = logging.getLogger(__name__)
 
@@ -114,23 +115,25 @@ class ElasticsearchEngine(Engine):
             body["_source"] = source
         return body
 
-    def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
-                    clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
-        """The ``rrf`` retriever over BM25 and kNN; both take ``depth`` results (the rank window)."""
-        return {
-            "size": depth,
-            "retriever": {
-                "rrf": {
-                    "retrievers": [
-                        {"standard": {"query": self.bm25_query(query, clauses)}},
-                        {"knn": self.knn_clause(vector, k=depth, clauses=clauses)},
-                    ],
-                    "rank_constant": rank_constant,
-                    "rank_window_size": depth,
-                }
-            },
-            "_source": list(source),
-        }
+    def can_fuse(self, node: Rrf) -> bool:
+        return True  # the rrf retriever nests and takes every standard/knn option
+
+    def retriever_json(self, node: Node) -> dict[str, Any]:
+        """The retriever JSON of a tree (vectors resolved)."""
+        if isinstance(node, Standard):
+            spec: dict[str, Any] = {"query": self.standard_query(node)}
+            if node.min_score is not None:
+                spec["min_score"] = node.min_score
+            return {"standard": spec}
+        if isinstance(node, Knn):
+            return {"knn": self.knn_clause(resolved(node), k=node.k, clauses=node.filters, field=node.field,
+                                           num_candidates=node.num_candidates, similarity=node.similarity)}
+        return {"rrf": {"retrievers": [self.retriever_json(c) for c in node.children],
+                        "rank_constant": node.rank_constant, "rank_window_size": node.window}}
+
+    def fused_body(self, node: Rrf, *, size: int, source: Any = None) -> dict[str, Any]:
+        """The ``rrf`` retriever (rank-rrf module, licensed), nested as the tree is."""
+        return with_source({"size": size, "retriever": self.retriever_json(node)}, source)
 
     # -- bulk ---------------------------------------------------------------------------------
 

@@ -14,11 +14,13 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from ..errors import ClusterError, ValidationError
-from .base import SOURCE_FIELDS, VECTOR_FIELD, Engine, invalid_url_message
+from ..types import Knn, Rrf, Standard
+from .base import VECTOR_FIELD, Engine, invalid_url_message, resolved, with_source
 
 logger = logging.getLogger(__name__)
 
 NEURAL_SEARCH_PLUGIN = "opensearch-neural-search"
+MAX_HYBRID_QUERIES = 5  # the hybrid query's limit on sub-queries
 
 
 class OpenSearchEngine(Engine):
@@ -127,18 +129,27 @@ class OpenSearchEngine(Engine):
             body["_source"] = source
         return body
 
-    def hybrid_body(self, query: str, vector: Sequence[float], *, depth: int, rank_constant: int = 60,
-                    clauses: Sequence[Mapping[str, Any]] = (), source: Sequence[str] = SOURCE_FIELDS) -> dict[str, Any]:
+    def can_fuse(self, node: Rrf) -> bool:
+        """The ``hybrid`` query takes 1 to 5 plain queries: no nested ``rrf``, ``min_score`` or ``similarity``."""
+        return 1 <= len(node.children) <= MAX_HYBRID_QUERIES and all(
+            (isinstance(c, Standard) and c.min_score is None) or (isinstance(c, Knn) and c.similarity is None)
+            for c in node.children)
+
+    def fused_body(self, node: Rrf, *, size: int, source: Any = None) -> dict[str, Any]:
         """The neural-search ``hybrid`` query with an RRF score-ranker in a temporary pipeline."""
-        return {
-            "size": depth,
-            "query": {"hybrid": {"queries": [self.bm25_query(query, clauses),
-                                             self.knn_query(vector, k=depth, clauses=clauses)],
-                                 "pagination_depth": depth}},
+        if not self.can_fuse(node):
+            raise ValidationError(f"OpenSearch's hybrid query takes 1 to {MAX_HYBRID_QUERIES} standard or knn "
+                                  "retrievers without min_score or similarity; this rrf is fused in Python",
+                                  field="retriever")
+        queries = [self.standard_query(c) if isinstance(c, Standard)
+                   else self.knn_query(resolved(c), k=c.k, clauses=c.filters, field=c.field) for c in node.children]
+        return with_source({
+            "size": size,
+            "query": {"hybrid": {"queries": queries, "pagination_depth": node.window}},
             "search_pipeline": {"phase_results_processors": [
-                {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rank_constant}}}]},
-            "_source": list(source),
-        }
+                {"score-ranker-processor": {"combination": {"technique": "rrf",
+                                                            "rank_constant": node.rank_constant}}}]},
+        }, source)
 
     # -- bulk ---------------------------------------------------------------------------------
 

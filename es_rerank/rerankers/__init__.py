@@ -50,11 +50,6 @@ REGISTRY: dict[str, Callable[..., BaseReranker]] = {
 KINDS = tuple(REGISTRY)
 
 
-def available() -> list[str]:
-    """Names accepted by :func:`build_reranker` (besides ``none``)."""
-    return list(REGISTRY)
-
-
 def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
                    instructions: str | None = None, cache: bool = True) -> BaseReranker:
     """Create a reranker of ``kind`` configured from settings (nothing loads yet).
@@ -82,4 +77,4 @@ def build_reranker(kind: str, settings: Any, *, normalize: bool = False,
 
 
 __all__ = ["Reranker", "BaseReranker", "Scored", "as_reranker", "CachedReranker", "CrossEncoderReranker",
-           "LLMPointwiseReranker", "ListwiseReranker", "LLMConfig", "build_reranker", "available", "REGISTRY"]
+           "LLMPointwiseReranker", "ListwiseReranker", "LLMConfig", "build_reranker", "REGISTRY"]

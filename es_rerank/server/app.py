@@ -45,11 +45,12 @@ from ..config import Settings
 from ..embedding import Embedder
 from ..engines import Engine
 from ..rerankers import Reranker
+from .answers import BANNER_NODE_FIELDS, root_banner
 from .errors import ApiError, bad_request, from_exception
 from .metrics import Metrics, outcome_of
 from .pipeline import RerankService, caller_headers
 from .proxy import Passthrough, body_chunks
-from .translate import BANNER_NODE_FIELDS, is_rerank_search, parse_inference, parse_search, root_banner
+from .translate import is_rerank_search, parse_inference, parse_search
 from .ui import (COMPARE_PATH, JUDGED_PATH, SECURITY_HEADERS, STATIC_FILES, UI_PATH, Judgments, compare,
                  parse_compare, static_file)
 
@@ -465,7 +466,7 @@ class Server:
                 # also keeps other sites' plain form posts out (they cannot send JSON without asking)
                 raise ApiError(415, "media_type_header_exception",
                                f"send the request as application/json, got {request.headers.get('content-type')!r}")
-            body = await read_body(request, self.settings.serve_max_body)
+            body = await read_body(request, self.settings.serve_max_body, self.settings.serve_body_timeout)
             parsed = parse_json(body, request.headers.get("content-type"))
             spec = parse_compare(None if parsed is _NOT_JSON else parsed, rerankers=self.service.inference_ids,
                                  max_window=self.max_window)

@@ -2,8 +2,9 @@
 
 :class:`RerankService` runs a parsed ``text_similarity_reranker`` search: it reads whether
 the index is es-rerank's (with the caller's credentials), embeds ``query_vector_builder``
-texts with the index's embedder, runs the child retriever on the cluster (server-side RRF
-where the cluster has it, else the same client-side RRF as :class:`~es_rerank.Searcher`),
+texts with the index's embedder, runs the child retriever as a retrieval plan
+(:mod:`es_rerank.retrieval`, the code :class:`~es_rerank.Searcher` runs: server-side fusion
+where the cluster has it, else client-side RRF),
 and reranks the window with :meth:`es_rerank.client.Searcher.rerank`, the one rerank step.
 It also answers rerank inference requests.
 
@@ -14,14 +15,13 @@ the cluster decides what each caller may read; es-rerank adds nothing of its own
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
 
 from ..client import Searcher
@@ -30,15 +30,14 @@ from ..embedding import Embedder, ModelEmbedder, build_embedder
 from ..engines import Engine, IndexState, open_engine
 from ..engines.base import SOURCE_FIELDS, validate_index_name
 from ..errors import ClusterError, ValidationError
-from ..fusion import fuse_hits
 from ..rerankers import KINDS, BaseReranker, Reranker, Scored, as_reranker, build_reranker
+from ..retrieval import Plan, Retrieved, resolve, run
 from ..runtime import timed_load
-from ..types import Hit
 from .batching import BatchedReranker, PairBatcher
-from .errors import ApiError, bad_request
+from .errors import bad_request
 from .metrics import Metrics
-from .translate import (InferenceRequest, Knn, Node, RerankSearch, Rrf, combine_totals, field_hits, inference_response,
-                        leaf_body, leaves, rrf_body, search_response, source_request)
+from .answers import combine_totals, field_hits, inference_response, search_response, source_request
+from .translate import InferenceRequest, RerankSearch
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +73,6 @@ def caller_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def is_es_rerank(state: IndexState | None) -> bool:
     """Whether every index behind ``state`` is es-rerank's (chunks with doc_id/chunk/title/text)."""
     return state is not None and bool(state.indices) and all(state.marker(i) is not None for i in state.indices)
-
-
-@dataclass(frozen=True)
-class Retrieved:
-    """The first stage's answer: hits in retrieval order and the raw hits they came from."""
-
-    hits: list[Hit]
-    raw: dict[str, Mapping[str, Any]]
-    responses: list[Mapping[str, Any]]
-    fusion: str | None
 
 
 class _Counted(BaseReranker):
@@ -298,60 +287,15 @@ class RerankService:
         metas = {i: (resp[i].get("mappings") or {}).get("_meta") or {} for i in indices}
         return IndexState(index, "index" if indices == (index,) else "alias", indices, metas)
 
-    def resolve_vectors(self, node: Node, embedder: Embedder, cache: dict[str, tuple[float, ...]]) -> Node:
-        """The tree with every ``query_vector_builder`` text embedded (each distinct text once)."""
-        if isinstance(node, Rrf):
-            return dataclasses.replace(node, children=tuple(self.resolve_vectors(c, embedder, cache)
-                                                            for c in node.children))
-        if isinstance(node, Knn) and node.vector is None:
-            if node.text not in cache:
-                cache[node.text] = tuple(float(x) for x in embedder.embed_query(node.text))
-            return dataclasses.replace(node, vector=cache[node.text])
-        return node
-
-    def _server_fusion(self, engine: Engine) -> bool:
-        fusion = self.settings.fusion
-        if fusion == "client" or engine.name != "elasticsearch":
-            return False
-        available = engine.server_fusion()
-        if fusion == "server" and not available:
-            raise ApiError(500, "es_rerank_config_exception", engine.server_fusion_hint)
-        return available
-
     def retrieve(self, spec: RerankSearch, index: str | None, headers: Mapping[str, str], *,
                  es_index: bool, embedder: Embedder) -> Retrieved:
-        """Run the child retriever for ``spec.window`` candidates (vectors embedded first)."""
-        engine = self.engine
-        tree = self.resolve_vectors(spec.child, embedder, {})
+        """Run the child retriever for ``spec.window`` candidates: the request's retrieval plan,
+        resolved and run by :mod:`es_rerank.retrieval`, the same code as :meth:`Searcher.retrieve`."""
         source = source_request(spec.source, SOURCE_FIELDS if es_index else (spec.field,))
         target = quote(index, safe=",*") if index is not None else "_all"
-
-        def convert(resp: Mapping[str, Any]) -> tuple[list[Hit], dict[str, Mapping[str, Any]]]:
-            if not es_index:
-                return field_hits(resp, spec.field)
-            raw: dict[str, Mapping[str, Any]] = {}
-            for h in resp["hits"]["hits"]:
-                raw.setdefault(h["_id"], h)
-            return engine.hits(resp), raw
-
-        if isinstance(tree, Rrf) and self._server_fusion(engine):
-            resp = engine.search(target, rrf_body(tree, size=spec.window, source=source), headers=headers)
-            hits, raw = convert(resp)
-            return Retrieved(hits[:spec.window], raw, [resp], "server")
-        plan = list(leaves(tree, spec.window))
-        bodies = [leaf_body(node, engine=engine, size=size, source=source) for node, size in plan]
-        if len(bodies) == 1:
-            responses = [engine.search(target, bodies[0], headers=headers)]
-        else:
-            _, responses = engine.msearch(target, bodies, headers=headers)
-        lists, raw = [], {}
-        for resp in responses:
-            hits, found = convert(resp)
-            lists.append(hits)
-            for key, value in found.items():
-                raw.setdefault(key, value)
-        fused = _fuse(tree, iter(lists))
-        return Retrieved(fused[:spec.window], raw, list(responses), "client" if isinstance(tree, Rrf) else None)
+        plan = resolve(Plan(spec.child, target, source, self.settings.fusion), embedder)
+        read = None if es_index else functools.partial(field_hits, field_name=spec.field)
+        return run(self.engine, plan, window=spec.window, headers=headers, read=read)
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -405,13 +349,6 @@ class RerankService:
         scored = self.scorer(inference_id, deadline=deadline).score_with_usage(request.query, list(request.inputs))
         self.metrics.rerank_seconds.observe(time.perf_counter() - t0)
         return inference_response(request, scored.scores)
-
-
-def _fuse(node: Node, lists: Iterator[list[Hit]]) -> list[Hit]:
-    """Client-side RRF over a tree whose leaves' hits come from ``lists`` in depth-first order."""
-    if not isinstance(node, Rrf):
-        return next(lists)
-    return fuse_hits([_fuse(c, lists) for c in node.children], rank_constant=node.rank_constant, window=node.window)
 
 
 __all__ = ["RerankService", "Retrieved", "without_credentials", "caller_headers", "is_es_rerank",

@@ -37,13 +37,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..engines.base import VECTOR_FIELD, num_candidates_for, validate_index_name
+from ..engines.base import validate_index_name
 from ..errors import ValidationError
 from ..ranking import BLEND_METHODS
 from ..types import Hit
 from .errors import ApiError, bad_request
 from .pipeline import RerankService, caller_headers, is_es_rerank
-from .translate import Knn, RerankSearch, Rrf, Standard
+from .translate import RerankSearch
 
 logger = logging.getLogger(__name__)
 
@@ -274,9 +274,8 @@ def compare(service: RerankService, request: CompareRequest, headers: Mapping[st
     vector = tuple(float(x) for x in embedder.embed_query(request.query))
     embed_ms = (time.perf_counter() - t0) * 1000.0
     depth = request.depth
-    child = Rrf((Standard(engine.bm25_query(request.query)),
-                 Knn(VECTOR_FIELD, depth, num_candidates_for(depth), vector=vector)),
-                service.settings.rank_constant, depth)
+    child = engine.hybrid_retriever(request.query, depth=depth, rank_constant=service.settings.rank_constant,
+                                    vector=vector)
     spec = RerankSearch(child, "text", request.query, None, depth)
     t0 = time.perf_counter()
     first = service.retrieve(spec, request.index, headers, es_index=True, embedder=embedder)
