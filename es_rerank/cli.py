@@ -1144,7 +1144,6 @@ _training_options = [
     click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None),
     click.option("--max-length", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per pair."),
     click.option("--seed", type=click.IntRange(min=0), default=12, show_default=True),
-    click.option("--device", default=None, help="Torch device (cpu, cuda); default: torch chooses."),
     click.option("--use-index", is_flag=True,
                  help="Mine from the configured index (ES_RERANK_INDEX / --index) instead of the collection's "
                       "evaluation index."),
@@ -1193,7 +1192,7 @@ def _with_training_options(fn):
 @click.pass_context
 @_fail_cleanly
 def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, out_dir, overwrite, mine_depth, epochs,
-              batch_size, learning_rate, max_length, seed, device, use_index, reindex, progress, loss, skip_top,
+              batch_size, learning_rate, max_length, seed, use_index, reindex, progress, loss, skip_top,
               negatives, eval_steps, patience, max_steps, min_queries, dev_fraction, max_train_queries):
     """Fine-tune a cross-encoder on your judgments (or --synthetic pseudo-queries) and your index.
 
@@ -1208,6 +1207,7 @@ def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, o
     from .training.trainer import TrainConfig, check_output, train_cross_encoder
 
     started = time.perf_counter()
+    device = _settings(ctx).device  # --device / ES_RERANK_DEVICE, as for the torch backends
     check_output(Path(out_dir), overwrite=overwrite)
     if data_dir is None and synthetic is None:
         raise click.UsageError("give --data DIR (judged queries) or --synthetic N (pseudo-queries), or both")
@@ -1286,7 +1286,7 @@ def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, o
 @click.pass_context
 @_fail_cleanly
 def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_backend, out_dir, overwrite, mine_depth,
-                epochs, batch_size, learning_rate, max_length, seed, device, use_index, reindex, progress):
+                epochs, batch_size, learning_rate, max_length, seed, use_index, reindex, progress):
     """Distill --teacher into its first --layers layers, trained on its scores over your candidates.
 
     Reports fidelity on held-out queries (Spearman, top-5 overlap) and the speed-up against
@@ -1299,6 +1299,7 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_b
     from .training.trainer import check_output
 
     started = time.perf_counter()
+    device = _settings(ctx).device
     check_output(Path(out_dir), overwrite=overwrite)
     if (queries_file is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --queries FILE or --synthetic N")

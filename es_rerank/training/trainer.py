@@ -291,6 +291,11 @@ class _ProgressCallback:
                 eta = ((time.perf_counter() - self.started) / done * (state.max_steps - done)) if done else None
                 on_progress(Progress(done, state.max_steps, self.loss, self.dev, self.best, eta))
 
+            def on_step_end(self, args, state, control, **kwargs):
+                every = max(1, state.max_steps // 50)
+                if state.global_step == 1 or state.global_step % every == 0:
+                    self._emit(state)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     self.loss = float(logs["loss"])
