@@ -161,7 +161,7 @@ def _fail_cleanly(fn):
 
 # optional modules -> the pyproject extra that installs them
 _EXTRAS = {"ranx": "eval", "matplotlib": "eval", "numba": "eval", "sentence_transformers": "torch", "torch": "torch",
-           "transformers": "torch", "openvino": "openvino", "nncf": "openvino"}
+           "transformers": "torch", "datasets": "train", "accelerate": "train", "openvino": "openvino", "nncf": "openvino"}
 
 
 def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -1071,6 +1071,272 @@ def export_onnx_cmd(ctx, model, out_dir, kind, quantize, openvino, calibration_q
         _echo(f"wrote {path} ({size / 1e6:.1f} MB)")
     _echo(f"use it with {var}_MODEL={out_dir} {var}_BACKEND={backend}")
 
+
+
+
+# -- train, distill ----------------------------------------------------------------------------
+
+def _train_searcher(ctx, data_dir: str | None, *, use_index: bool, reindex: bool, progress: bool):
+    """A searcher over the index to mine from: the collection's evaluation index (built like `eval`
+    builds it, and shared with it), or with --use-index / no --data the configured index."""
+    from pathlib import Path
+
+    from .client import Searcher
+    from .embedding import build_embedder
+    from .engines import open_engine
+    from .evaluate.data import BeirData
+    from .evaluate.prepare import prepare_index
+
+    s = _settings(ctx, reranker="none")
+    engine = open_engine(s)
+    embedder = build_embedder(s)
+    if data_dir is None or use_index:
+        return Searcher(s, engine=engine, embedder=embedder)
+    bar = _progress_bar("indexing corpus", "doc", progress)
+
+    def on_progress(report):
+        bar.update(report.documents_indexed + len(report.rejected) - bar.n)
+
+    try:
+        prepared = prepare_index(engine, BeirData(Path(data_dir), "corpus", {}, {}), s, embedder, reindex=reindex,
+                                 on_progress=on_progress)
+    finally:
+        bar.close()
+    _echo(f"{'indexed the corpus into' if prepared.built else 'mining from'} {prepared.name}", err=True)
+    s = s.replace(index=prepared.name)
+    return Searcher(s, engine=engine, embedder=embedder)
+
+
+def _holdout(data_dir: str | None, name: str, used: set[str]):
+    from pathlib import Path
+
+    from .evaluate.data import load_beir
+    from .training import Split
+
+    if data_dir is None or name == "none" or name in used or not (Path(data_dir) / "qrels" / f"{name}.tsv").is_file():
+        return None
+    return Split.of(load_beir(data_dir, name, check_corpus=False))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _train_progress(enabled: bool):
+    def show(p) -> None:
+        if not enabled:
+            return
+        dev = "" if p.dev is None else f" · dev nDCG@10 {p.dev:.4f} (best {p.best:.4f})"
+        loss = "" if p.loss is None else f" · loss {p.loss:.4f}"
+        _echo(f"step {p.step}/{p.max_steps}{loss}{dev} · ETA {_duration(p.eta_s)}", err=True)
+    return show
+
+
+_training_options = [
+    click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                 help="Model folder to write (atomically: it appears only when complete)."),
+    click.option("--overwrite", is_flag=True, help="Replace --out if it exists (once the new model is complete)."),
+    click.option("--depth", "mine_depth", type=click.IntRange(min=1), default=30, show_default=True,
+                 help="Hybrid candidates retrieved per query."),
+    click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Groups (train) or pairs (distill) per step."),
+    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None),
+    click.option("--max-length", type=click.IntRange(min=8), default=256, show_default=True, help="Tokens per pair."),
+    click.option("--seed", type=click.IntRange(min=0), default=12, show_default=True),
+    click.option("--use-index", is_flag=True,
+                 help="Mine from the configured index (ES_RERANK_INDEX / --index) instead of the collection's "
+                      "evaluation index."),
+    click.option("--reindex", is_flag=True, help="Build the collection's evaluation index again."),
+    click.option("--progress/--no-progress", default=True, help="Show progress on stderr."),
+]
+
+
+def _with_training_options(fn):
+    for option in reversed(_training_options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command("train")
+@shared_options
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Collection in BEIR layout (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
+@click.option("--split", default="train", show_default=True, help="Qrels split to train on.")
+@click.option("--dev-split", default=None, help="Qrels split to stop early on (default: a held-out slice of train).")
+@click.option("--holdout-split", default="test", show_default=True,
+              help="Split never learned from: its queries may not be in train or dev, its judged documents are "
+                   "never positives, negatives or dev candidates ('none' to turn off).")
+@click.option("--synthetic", type=click.IntRange(min=2), default=None,
+              help="No judgments: pseudo-queries from N documents of the index (titles / leading sentences).")
+@click.option("--base", default=None, help="Model to start from: a cross-encoder, or an encoder (a new head is "
+                                            "added). Default: the packaged all-MiniLM-L6-v2.")
+@_with_training_options
+@click.option("--loss", type=click.Choice(["mnrl", "listnet", "bce"]), default="mnrl", show_default=True,
+              help="mnrl: each positive against its hard negatives; listnet: listwise; bce: pointwise.")
+@click.option("--skip-top", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Candidates ranked 1..N are never negatives (unjudged positives hide there).")
+@click.option("--negatives", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Hard negatives per positive.")
+@click.option("--eval-steps", type=click.IntRange(min=1), default=None,
+              help="Evaluate on dev every N steps (default: four times per epoch).")
+@click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Stop after N evaluations without a better dev nDCG@10.")
+@click.option("--max-steps", type=int, default=-1, help="Stop after N steps (-1: no limit).")
+@click.option("--min-queries", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Refuse fewer judged training queries than this.")
+@click.option("--dev-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Share of train held out for early stopping when there is no --dev-split.")
+@click.option("--max-train-queries", type=click.IntRange(min=1), default=None,
+              help="Train on a seeded subset of N training queries (a capped run).")
+@click.pass_context
+@_fail_cleanly
+def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, out_dir, overwrite, mine_depth, epochs,
+              batch_size, learning_rate, max_length, seed, use_index, reindex, progress, loss, skip_top,
+              negatives, eval_steps, patience, max_steps, min_queries, dev_fraction, max_train_queries):
+    """Fine-tune a cross-encoder on your judgments (or --synthetic pseudo-queries) and your index.
+
+    Positives come from the qrels; hard negatives are the hybrid candidates not judged
+    relevant, below the top --skip-top. Training stops early on the dev nDCG@10 of reranking
+    the dev queries' hybrid candidates. The folder works as ES_RERANK_RERANKER_MODEL.
+    """
+    from pathlib import Path
+
+    from .training import Split
+    from .training import prepare as prep
+    from .training.trainer import TrainConfig, check_output, train_cross_encoder
+
+    started = time.perf_counter()
+    device = _settings(ctx).device  # --device / ES_RERANK_DEVICE, as for the torch backends
+    check_output(Path(out_dir), overwrite=overwrite)
+    if data_dir is None and synthetic is None:
+        raise click.UsageError("give --data DIR (judged queries) or --synthetic N (pseudo-queries), or both")
+    config = TrainConfig(**{k: v for k, v in dict(
+        base=base, loss=loss, depth=mine_depth, skip_top=skip_top, negatives=negatives, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, max_length=max_length, seed=seed, eval_steps=eval_steps,
+        patience=patience, max_steps=max_steps, device=device).items() if v is not None})
+    import datasets  # noqa: F401 - the train extra: fail now, not after retrieving every query
+    import ranx  # noqa: F401
+
+    train_split = dev = None
+    if synthetic is None:
+        from .evaluate.data import load_beir
+
+        train_split = Split.of(load_beir(data_dir, split, check_corpus=False))
+        dev = Split.of(load_beir(data_dir, dev_split, check_corpus=False)) if dev_split else None
+    holdout = _holdout(data_dir, holdout_split, {split, dev_split} if synthetic is None else set())
+    if train_split is not None and holdout is not None:  # refuse before indexing anything
+        from .training.data import check_disjoint
+
+        check_disjoint(f"held-out split {holdout.name!r}", holdout.queries, f"train split {split!r}",
+                       train_split.queries)
+    searcher = _train_searcher(ctx, data_dir, use_index=use_index, reindex=reindex, progress=progress)
+    with searcher:
+        bar, update = _query_bar("retrieving candidates", progress)
+        try:
+            if synthetic is None:
+                prepared = prep.judged(searcher, train_split, dev=dev, holdout=holdout, depth=config.depth,
+                                       skip_top=config.skip_top, negatives=config.negatives, min_queries=min_queries,
+                                       dev_fraction=dev_fraction, seed=seed, max_train_queries=max_train_queries,
+                                       on_query=update)
+            else:
+                prepared, report = prep.synthetic(searcher, synthetic, depth=config.depth, skip_top=config.skip_top,
+                                                  negatives=config.negatives, dev_fraction=dev_fraction, seed=seed,
+                                                  holdout=holdout)
+                _echo(f"synthetic: {report.kept} of {report.sampled} pseudo-queries kept; dropped "
+                      f"{report.dropped_not_retrieved} whose document was not among its {config.depth} candidates, "
+                      f"{report.dropped_empty} too short, {report.dropped_no_negatives} without negatives", err=True)
+        finally:
+            bar.close()
+    d = prepared.card
+    _echo(f"{d['groups']} training groups from {d['train_queries']} queries; dev: {d['dev_queries']} queries "
+          f"({d['dev']}); held out: {d.get('held_out_split') or 'none'}", err=True)
+    result = train_cross_encoder(prepared.groups, prepared.dev, config, out_dir, positives=prepared.positives,
+                                 overwrite=overwrite, card={"data": d, "command": _command_line()},
+                                 on_progress=_train_progress(progress))
+    card = result.card
+    dev_card, tr = card["dev"], card["training"]
+    c = dev_card["trained_vs_hybrid"]
+    _echo(f"dev nDCG@10 over {dev_card['queries']} queries: hybrid {dev_card['hybrid']:.4f}, base "
+          f"{dev_card['base']:.4f}, trained {dev_card['trained']:.4f} (trained - hybrid {c['mean_delta']:+.4f}, "
+          f"95% interval [{c['ci_low'] if c['ci_low'] is None else round(c['ci_low'], 4)}, "
+          f"{c['ci_high'] if c['ci_high'] is None else round(c['ci_high'], 4)}])")
+    if tr["groups_dropped_short"]:
+        _echo(f"{tr['groups_dropped_short']} groups had fewer than {config.negatives} hard negatives and were left out",
+              err=True)
+    _echo(f"{tr['steps']} of {tr['planned_steps']} steps{' (stopped early)' if tr['stopped_early'] else ''}, best "
+          f"at step {tr['best_step']}; wall time {time.perf_counter() - started:.0f}s, peak memory "
+          f"{tr['peak_rss_mb']:.0f} MB")
+    _echo(f"wrote {result.out}: use it with ES_RERANK_RERANKER_MODEL={result.out}")
+
+
+@cli.command("distill")
+@shared_options
+@click.option("--teacher", required=True, help="Cross-encoder to imitate (folder or hub name).")
+@click.option("--layers", type=click.IntRange(min=1), required=True, help="Transformer layers the student keeps.")
+@click.option("--queries", "queries_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Queries, one per line (or JSONL with 'text').")
+@click.option("--synthetic", type=click.IntRange(min=5), default=None,
+              help="Pseudo-queries from N documents of the index instead of --queries.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Mine from this BEIR collection's evaluation index (its test judgments are never used).")
+@click.option("--backend", "speed_backend", default="onnx", show_default=True,
+              help="Backend the speed-up at depth 50 is measured on.")
+@_with_training_options
+@click.pass_context
+@_fail_cleanly
+def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_backend, out_dir, overwrite, mine_depth,
+                epochs, batch_size, learning_rate, max_length, seed, use_index, reindex, progress):
+    """Distill --teacher into its first --layers layers, trained on its scores over your candidates.
+
+    Reports fidelity on held-out queries (Spearman, top-5 overlap) and the speed-up against
+    the teacher at depth 50 on --backend.
+    """
+    from pathlib import Path
+
+    from .training.data import pseudo_query, sample_documents
+    from .training.distill import DistillConfig, distill
+    from .training.trainer import check_output
+
+    started = time.perf_counter()
+    device = _settings(ctx).device
+    check_output(Path(out_dir), overwrite=overwrite)
+    if (queries_file is None) == (synthetic is None):
+        raise click.UsageError("give exactly one of --queries FILE or --synthetic N")
+    config = DistillConfig(**{k: v for k, v in dict(
+        teacher=teacher, layers=layers, depth=mine_depth, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, max_length=max_length, seed=seed, speed_backend=speed_backend,
+        device=device).items() if v is not None})
+    import datasets  # noqa: F401
+
+    if queries_file is not None:
+        from .export.openvino import read_queries
+
+        queries = read_queries(queries_file)
+    holdout = _holdout(data_dir, "test", set())
+    searcher = _train_searcher(ctx, data_dir, use_index=use_index, reindex=reindex, progress=progress)
+    with searcher:
+        if synthetic is not None:
+            exclude = frozenset(d for q in holdout.qrels for d in holdout.qrels[q]) if holdout else frozenset()
+            docs = sample_documents(searcher.engine, searcher.settings.index, synthetic, seed=seed, exclude=exclude)
+            queries = [q for q in (pseudo_query(h.title, h.text) for h in docs) if len(q.split()) >= 2]
+        bar, update = _query_bar("retrieving candidates", progress)
+        try:
+            result = distill(searcher, queries, config, out_dir, overwrite=overwrite,
+                             card={"command": _command_line()}, on_progress=_train_progress(progress),
+                             on_query=update)
+        finally:
+            bar.close()
+    f, sp = result.card["fidelity"], result.card["speed"]
+    _echo(f"fidelity on {f['queries']} held-out queries: Spearman {f['spearman_mean']:.3f}, top-5 overlap "
+          f"{f['top5_overlap_mean']:.3f}")
+    _echo(f"speed on {sp['backend']} at depth {sp['depth']} ({sp['candidates_mean']:g} candidates/query): teacher "
+          f"{sp['teacher_s_per_query'] * 1000:.0f} ms, student {sp['student_s_per_query'] * 1000:.0f} ms per query "
+          f"({sp['speedup']}x)")
+    _echo(f"wall time {time.perf_counter() - started:.0f}s; wrote {result.out}: use it with "
+          f"ES_RERANK_RERANKER_MODEL={result.out}")
 
 
 # -- serve -----------------------------------------------------------------------------------

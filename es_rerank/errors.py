@@ -206,3 +206,18 @@ class UncertainStateError(ClusterError):
     def __init__(self, message: str, *, index: str, url: str | None = None):
         super().__init__(message, url=url)
         self.index = index
+
+
+class TrainingRefusedError(EsRerankError, ValueError):
+    """``train`` / ``distill`` refused before any work: the data or the output would give a wrong model.
+
+    Attributes:
+        reason: A short key (``too-few-queries``, ``missing-documents``, ``output-exists``,
+            ``split-overlap``, ``no-examples``).
+        values: The offending values (query or document ids, a path), at most a few.
+    """
+
+    def __init__(self, message: str, *, reason: str, values: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.reason = reason
+        self.values = values

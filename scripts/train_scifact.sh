@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Fine-tune a reranker on SciFact's train split and evaluate it on test; writes results/train/<variant>/.
+#   scripts/train_scifact.sh ce       # (b) from the shared cross-encoder ../shared/models/minilm-l6-scifact-ce
+#   scripts/train_scifact.sh encoder  # (a) from the packaged all-MiniLM-L6-v2 encoder (a new head)
+# The test split is held out by `train` (its queries and judged documents are never used).
+# Capped by default for a 2-core CPU: MAX_TRAIN training queries (seeded subset), 1 epoch, and the
+# test evaluation on the first EVAL_QUERIES queries at depth EVAL_DEPTH. MAX_TRAIN=all for every query.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+variant=${1:-ce}
+PY=${PYTHON:-.venv/bin/python}
+DATA=${DATA:-../shared/data/scifact}
+MAX_TRAIN=${MAX_TRAIN:-200}
+EVAL_QUERIES=${EVAL_QUERIES:-100}
+EVAL_DEPTH=${EVAL_DEPTH:-20}
+case "$variant" in
+  ce) base=../shared/models/minilm-l6-scifact-ce ;;
+  encoder) base=sentence-transformers/all-MiniLM-L6-v2 ;;
+  *) echo "variant must be ce or encoder, got $variant" >&2; exit 2 ;;
+esac
+out=results/train/$variant
+model=${MODEL_DIR:-/tmp/es-rerank-train-$variant}
+mkdir -p "$out"
+cap=(); [ "$MAX_TRAIN" = all ] || cap=(--max-train-queries "$MAX_TRAIN")
+{
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+  echo "command: $0 $variant (MAX_TRAIN=$MAX_TRAIN EVAL_QUERIES=$EVAL_QUERIES EVAL_DEPTH=$EVAL_DEPTH)"
+} > "$out/run.txt"
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+/usr/bin/time -v "$PY" -m es_rerank train --data "$DATA" --split train --base "$base" --out "$model" --overwrite \
+  "${cap[@]}" --dev-fraction 0.05 --depth 30 --epochs 1 --no-progress 2> >(tee "$out/train.log" >&2) | tee -a "$out/run.txt"
+cp "$model/es-rerank-training.json" "$out/"
+rerankers=("$model")
+# an encoder with a new head scores nothing before training: only the shared cross-encoder has a "before"
+[ "$variant" = ce ] && rerankers=("$base" "$model")
+for reranker in "${rerankers[@]}"; do
+  name=$([ "$reranker" = "$model" ] && echo trained || echo base)
+  "$PY" -m es_rerank eval --data "$DATA" --split test --depth "$EVAL_DEPTH" --max-queries "$EVAL_QUERIES" \
+    --reranker-model "$reranker" --no-progress --out "$out/eval-$name" | tee -a "$out/run.txt"
+done
