@@ -124,6 +124,18 @@ def _speed(folder: str, backend: str, candidates: Sequence[tuple[str, Sequence[s
     return (time.perf_counter() - started) / len(candidates)
 
 
+def _candidates(searcher: Any, order: Sequence[str], held: Sequence[str], config: DistillConfig,
+                on_query: Callable[[int, int], None] | None) -> dict[str, list[str]]:
+    """Each query's candidate passages from the user's index (deeper for the held-out, speed-timed ones)."""
+    out: dict[str, list[str]] = {}
+    for i, q in enumerate(order, start=1):
+        depth = max(config.depth, SPEED_DEPTH) if q in held else config.depth
+        out[q] = [h.passage for h in documents_in_order(searcher.retrieve(q, depth=depth).hits)]
+        if on_query:
+            on_query(i, len(order))
+    return out
+
+
 def distill(searcher: Any, queries: Sequence[str], config: DistillConfig, out: str | Path, *, overwrite: bool = False,
             card: Mapping[str, Any] | None = None, on_progress: Callable[[Progress], None] | None = None,
             on_query: Callable[[int, int], None] | None = None) -> TrainResult:
@@ -162,12 +174,7 @@ def distill(searcher: Any, queries: Sequence[str], config: DistillConfig, out: s
     random.Random(config.seed).shuffle(order)
     n_held = max(2, round(len(order) * config.fidelity_fraction))
     held, train = order[:n_held], order[n_held:]
-    candidates: dict[str, list[str]] = {}
-    for i, q in enumerate(order, start=1):
-        depth = max(config.depth, SPEED_DEPTH) if q in held else config.depth
-        candidates[q] = [h.passage for h in documents_in_order(searcher.retrieve(q, depth=depth).hits)]
-        if on_query:
-            on_query(i, len(order))
+    candidates = _candidates(searcher, order, held, config, on_query)
     teacher_path = str(model_folder(resolve_model(config.teacher), "torch")) if not Path(config.teacher).is_dir() \
         else config.teacher
     teacher = CrossEncoder(teacher_path, max_length=config.max_length, device=config.device)
