@@ -113,7 +113,7 @@ def char_spans(text: str, lo: int, hi: int, max_chars: int) -> list[tuple[int, i
     spans = []
     while hi - lo > max_chars:
         cut = lo + max_chars
-        space = max(text.rfind(" ", lo + 1, cut + 1), text.rfind("\n", lo + 1, cut + 1))
+        space = max(text.rfind(" ", lo + 1, cut), text.rfind("\n", lo + 1, cut))  # the piece ends after it
         if space > lo + max_chars // 2:
             cut = space + 1
         spans.append((lo, cut))

@@ -68,3 +68,26 @@ def test_model_tokenizer_chunks_fit(embedder):
     assert len(chunks) > 1
     for c in chunks:
         assert len(tok.encode(c.text, add_special_tokens=False).ids) <= 20
+
+
+def test_text_without_spaces_is_cut_at_the_character_cap(embedder):
+    """Thai has no spaces between words: the model's tokenizer can read a long run as one token,
+    which would make one chunk of any length. The character cap cuts it; every character is kept."""
+    thai = "ภาษาไทยไม่มีการเว้นวรรคระหว่างคำ" * 400  # about 12,800 characters, no space
+    chunker = Chunker(embedder.offsets, size=200, overlap=40, max_chars=1000)
+    chunks = chunker.split(thai)
+    assert len(chunks) > 1 and max(len(c.text) for c in chunks) <= 1000
+    assert all(thai[c.char_start:c.char_end] == c.text for c in chunks)
+    covered = sorted((c.char_start, c.char_end) for c in chunks)
+    assert covered[0][0] == 0 and covered[-1][1] == len(thai)
+    assert all(a[1] >= b[0] for a, b in zip(covered, covered[1:]))  # no gap between pieces
+
+
+@given(st.text(alphabet=st.sampled_from("ab \n"), min_size=0, max_size=300), st.integers(1, 50))
+def test_character_pieces_cover_the_span_and_respect_the_cap(text, cap):
+    from es_rerank.chunking import char_spans
+
+    spans = char_spans(text, 0, len(text), cap)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(b - a <= cap for a, b in spans)
+    assert all(x[1] == y[0] for x, y in zip(spans, spans[1:]))
