@@ -30,6 +30,7 @@ from .errors import (BuildRejectedError, ClusterError, ConfigError, EsRerankErro
 from .leases import held
 from .lifecycle import (BUILDING, READY, SWITCHED, UNKNOWN, Target, build_body, create_build, delete_unserved,
                         drop_leftovers, marker, plan_target, set_state, swap, swap_outcome, uncertain_message)
+from .pipelines import carried
 from .types import Document, Rejection, passage_text
 
 logger = logging.getLogger(__name__)
@@ -525,7 +526,7 @@ class _Build:
                       embedder=getattr(self.embedder, "model_name", "?"),
                       embedding_backend=getattr(self.embedder, "backend", "?"), dims=self.embedder.dimensions,
                       chunk_tokens=s.chunk_tokens, chunk_overlap=s.chunk_overlap, analyzer=analyzer,
-                      fingerprint=fingerprint)
+                      fingerprint=fingerprint, extra=carried(self.target.marker))
         body = engine.index_body(self.embedder.dimensions, analyzer=analyzer, hnsw_m=s.hnsw_m,
                                  hnsw_ef_construction=s.hnsw_ef_construction)
         # Bulk-load with refresh off and no replicas: fewer, larger segments, less HNSW building on
