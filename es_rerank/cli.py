@@ -401,6 +401,8 @@ def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, pr
 @setting_option("embed_batch_size", "--embed-batch-size")
 @setting_option("max_document_chars", "--max-document-chars")
 @setting_option("analyzer", "--analyzer")
+@setting_option("shards", "--shards")
+@setting_option("replicas", "--replicas")
 @click.option("--bulk-size", type=int, default=200, help="Actions per bulk request.")
 @click.option("--include-hidden", is_flag=True, help="Also read hidden files and folders inside folders.")
 @click.option("--follow-symlinks", is_flag=True, help="Also follow symlinks that lead out of a given folder.")
@@ -409,7 +411,7 @@ def _run_index(s: Settings, engine, paths, *, recreate: bool, bulk_size: int, pr
 @click.pass_context
 @_fail_cleanly
 def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed_batch_size, max_document_chars,
-              analyzer, bulk_size, include_hidden, follow_symlinks, as_json, progress):
+              analyzer, shards, replicas, bulk_size, include_hidden, follow_symlinks, as_json, progress):
     """Chunk, embed and index documents from JSONL, CSV, .txt/.md files or folders.
 
     JSONL lines hold id (or _id), text, and optionally title and metadata; CSV files
@@ -422,7 +424,7 @@ def index_cmd(ctx, paths, recreate, skip_bad, chunk_tokens, chunk_overlap, embed
     if bulk_size < 1:
         raise click.BadParameter(f"must be >= 1, got {bulk_size}", param_hint="--bulk-size")
     s = _settings(ctx, chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, embed_batch_size=embed_batch_size,
-                  max_document_chars=max_document_chars, analyzer=analyzer)
+                  max_document_chars=max_document_chars, analyzer=analyzer, shards=shards, replicas=replicas)
     refused = None
     with open_engine(s) as engine:
         try:
@@ -1289,23 +1291,36 @@ def export_onnx_cmd(ctx, model, out_dir, kind, quantize, openvino, calibration_q
 @setting_option("serve_max_window", "--max-window")
 @setting_option("serve_batch_wait_ms", "--batch-wait-ms")
 @setting_option("reranker", "--reranker", "reranker_kind")
+@setting_option("serve_ui", "--ui/--no-ui")
+@click.option("--qrels", "qrels_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Relevance judgments (TREC qrels or BEIR tsv) for the comparison page: judged hits are "
+                   "marked and each side's nDCG@10 shown.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A BEIR collection whose judgments (and query texts) the comparison page uses.")
+@click.option("--split", default="test", help="The qrels split of --data.")
 @click.option("--no-warm-up", is_flag=True, help="Load the models at the first request instead of before listening.")
 @click.pass_context
 @_fail_cleanly
 def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max_body, serve_max_window,
-              serve_batch_wait_ms, reranker_kind, no_warm_up):
+              serve_batch_wait_ms, reranker_kind, serve_ui, qrels_file, data_dir, split, no_warm_up):
     """Serve Elasticsearch's API with local reranking, in front of the cluster at ES_URL.
 
     Point any Elasticsearch client at http://HOST:PORT: a search whose retriever is a
     text_similarity_reranker is reranked here, POST /_inference/rerank/{cross-encoder|llm|listwise}
     scores documents, and every other request passes through unchanged. Each caller's own
     Authorization goes to the cluster; ES_API_KEY / ES_USERNAME are not used.
+    Open http://HOST:PORT/_es_rerank/ui in a browser to compare hybrid and reranked rankings.
     """
     from .server import is_loopback, serve
+    from .server.ui import load_judgments
+
+    if qrels_file is not None and data_dir is not None:
+        raise click.UsageError("give --qrels or --data, not both")
 
     s = _settings(ctx, serve_host=serve_host, serve_port=serve_port, serve_queue=serve_queue,
                   serve_timeout=serve_timeout, serve_max_body=serve_max_body, serve_max_window=serve_max_window,
-                  serve_batch_wait_ms=serve_batch_wait_ms, reranker=reranker_kind)
+                  serve_batch_wait_ms=serve_batch_wait_ms, reranker=reranker_kind, serve_ui=serve_ui)
+    judgments = load_judgments(qrels_file=qrels_file, data_dir=data_dir, split=split)
     if s.api_key is not None or s.username is not None:
         _echo("note: serve ignores ES_API_KEY / ES_USERNAME: each caller's own credentials go to the cluster",
               err=True)
@@ -1313,8 +1328,12 @@ def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max
     public = "" if is_loopback(s.serve_host) else " [NOT loopback]"
     _echo(f"es-rerank serve: http://{where}:{s.serve_port} -> {s.safe_url} (reranker {s.reranker}, "
           f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s){public}", err=True)
+    if s.serve_ui:
+        judged = f" ({len(judgments.qrels)} judged queries of {judgments.source})" if judgments is not None else ""
+        _echo(f"comparison page: http://{where}:{s.serve_port}/_es_rerank/ui{judged}", err=True)
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
-    serve(s, warm_up=not no_warm_up, log_level="warning" if not verbose else "info" if verbose == 1 else "debug")
+    serve(s, warm_up=not no_warm_up, log_level="warning" if not verbose else "info" if verbose == 1 else "debug",
+          judgments=judgments)
 
 
 __all__ = ["cli", "main", "setting_option", "shared_options", "parse_filters"]

@@ -165,6 +165,10 @@ class Settings:
                                             "extra instructions folded into the LLM prompts")
     listwise_window: int = _setting(20, "ES_RERANK_LISTWISE_WINDOW", "candidates per listwise LLM call")
     listwise_step: int = _setting(10, "ES_RERANK_LISTWISE_STEP", "how far the listwise window moves each call")
+    shards: int = _setting(1, "ES_RERANK_SHARDS", "primary shards of new indices (more spread a large index over nodes)")
+    replicas: int | None = _setting(None, "ES_RERANK_REPLICAS",
+                                    "replicas of each shard in new indices (after the build); default: one where a "
+                                    "second node exists, else none (`auto_expand_replicas` 0-1)", shown_default="0-1")
     hnsw_m: int = _setting(16, "ES_RERANK_HNSW_M", "HNSW `m` of the vector field")
     hnsw_ef_construction: int = _setting(100, "ES_RERANK_HNSW_EF_CONSTRUCTION", "HNSW `ef_construction`")
     serve_host: str = _setting("127.0.0.1", "ES_RERANK_SERVE_HOST", "address `es-rerank serve` binds")
@@ -172,6 +176,9 @@ class Settings:
     serve_queue: int = _setting(8, "ES_RERANK_SERVE_QUEUE",
                                 "rerank requests admitted at once by `serve`; more get 429 with Retry-After")
     serve_timeout: float = _setting(30.0, "ES_RERANK_SERVE_TIMEOUT", "seconds a `serve` request may take")
+    serve_body_timeout: float = _setting(10.0, "ES_RERANK_SERVE_BODY_TIMEOUT",
+                                         "seconds `serve` waits for the next bytes of a request body, then "
+                                         "answers 408")
     serve_max_body: int = _setting(10_000_000, "ES_RERANK_SERVE_MAX_BODY", "largest request body `serve` accepts "
                                    "(bytes)")
     serve_max_window: int = _setting(1000, "ES_RERANK_SERVE_MAX_WINDOW",
@@ -179,6 +186,9 @@ class Settings:
                                      "accepts")
     serve_batch_wait_ms: float = _setting(5.0, "ES_RERANK_SERVE_BATCH_WAIT_MS",
                                           "how long `serve` waits to batch pairs of concurrent requests; `0` off")
+    serve_ui: bool = _setting(True, "ES_RERANK_SERVE_UI",
+                              "`serve` answers `/_es_rerank/ui`, the page comparing hybrid and reranked rankings; "
+                              "`false` off")
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ConfigError:
@@ -202,12 +212,16 @@ class Settings:
             raise bad("rank_constant", f"rank_constant must be >= 1, got {self.rank_constant}")
         if not 0.0 <= self.blend_weight <= 1.0:
             raise bad("blend_weight", f"blend_weight must be between 0 and 1, got {self.blend_weight}")
+        if self.shards < 1:
+            raise bad("shards", f"shards must be >= 1, got {self.shards}")
+        if self.replicas is not None and self.replicas < 0:
+            raise bad("replicas", f"replicas must be >= 0, got {self.replicas}")
         if self.chunk_tokens < 8:
             raise bad("chunk_tokens", f"chunk_tokens must be >= 8, got {self.chunk_tokens}")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise bad("chunk_overlap", f"chunk_overlap must be >= 0 and < chunk_tokens ({self.chunk_tokens}), "
                                        f"got {self.chunk_overlap}")
-        for name in ("request_timeout", "llm_timeout", "serve_timeout", "lease_ttl"):
+        for name in ("request_timeout", "llm_timeout", "serve_timeout", "serve_body_timeout", "lease_ttl"):
             if getattr(self, name) <= 0:
                 raise bad(name, f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("embed_batch_size", "rerank_batch_size", "max_document_chars", "max_chunk_chars", "llm_concurrency",

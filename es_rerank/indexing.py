@@ -526,13 +526,20 @@ class _Build:
                       embedder=getattr(self.embedder, "model_name", "?"),
                       embedding_backend=getattr(self.embedder, "backend", "?"), dims=self.embedder.dimensions,
                       chunk_tokens=s.chunk_tokens, chunk_overlap=s.chunk_overlap, analyzer=analyzer,
-                      fingerprint=fingerprint, extra=carried(self.target.marker))
+                      fingerprint=fingerprint, extra={"shards": s.shards, "replicas": s.replicas,
+                                                      "hnsw_m": s.hnsw_m,
+                                                      "hnsw_ef_construction": s.hnsw_ef_construction,
+                                                      **carried(self.target.marker)})
         body = engine.index_body(self.embedder.dimensions, analyzer=analyzer, hnsw_m=s.hnsw_m,
                                  hnsw_ef_construction=s.hnsw_ef_construction)
         # Bulk-load with refresh off and no replicas: fewer, larger segments, less HNSW building on
         # the cores the embedder needs (40% less Elasticsearch CPU on 800 SciFact chunks).
         index_settings = body.setdefault("settings", {}).setdefault("index", {})
-        serving = {"refresh_interval": None, "auto_expand_replicas": index_settings.get("auto_expand_replicas")}
+        index_settings["number_of_shards"] = s.shards
+        if s.replicas is None:
+            serving = {"refresh_interval": None, "auto_expand_replicas": index_settings.get("auto_expand_replicas")}
+        else:
+            serving = {"refresh_interval": None, "auto_expand_replicas": False, "number_of_replicas": s.replicas}
         index_settings.update({"refresh_interval": "-1", "auto_expand_replicas": False, "number_of_replicas": 0})
         return build_body(body, self.target, meta), serving
 

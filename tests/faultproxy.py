@@ -187,9 +187,9 @@ class Case:
     def request(self) -> tuple[str, str] | None:
         return self.log[self.n - 1] if len(self.log) >= self.n else None
 
-    def sent_before_fault(self, method: str, prefix: str) -> bool:
-        """Whether a request like this reached the cluster up to and including the faulted one."""
-        return any(m == method and p.startswith(prefix) for m, p in self.log[:self.n])
+    def sent(self, method: str, prefix: str) -> bool:
+        """Whether a request like this reached the cluster (every logged request was forwarded)."""
+        return any(m == method and p.startswith(prefix) for m, p in self.log)
 
 
 def walk(proxy: FaultProxy, run: Callable[[], object], n_requests: int, faults=FAULTS) -> Iterator[Case]:

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
@@ -42,6 +42,28 @@ def open_report(path, *, width=1280, height=900):
             yield page, errors, requests
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def open_url(url, profile, *, width=1400, height=1000, bypass_csp=False):
+    """Yield ``(page, errors, requests)`` for a page served over HTTP, in a browser with a fresh
+    profile folder ``profile`` (``--user-data-dir``: no cache, no cookies, no saved logins).
+    ``bypass_csp`` ignores the page's Content-Security-Policy (to test what the page itself does)."""
+    api = sync_api()
+    errors, requests = [], []
+    with api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": width, "height": height}, bypass_csp=bypass_csp)
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url, wait_until="load")
+            yield page, errors, requests
+        finally:
+            context.close()
 
 
 def query_order(page, section=0):

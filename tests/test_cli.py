@@ -248,3 +248,18 @@ def test_terminal_control_sequences_never_reach_the_terminal(run, cli_env, tmp_p
         out = run(*args).output
         assert args[0] == "indices" or "refund" in out.lower()
         assert not any(ch in out for ch in ("\x1b", "\x07", "\x9b", "\u202e")), args
+
+
+def test_shards_replicas_and_hnsw_are_set_and_recorded(run, node, cli_env):
+    """Index settings for larger corpora: shards, replicas (applied after the build) and the HNSW
+    parameters reach the index and its marker."""
+    r = run("index", str(SAMPLE), "--no-progress", "--shards", "2", "--replicas", "0")
+    assert r.exit_code == 0, r.output
+    (concrete,) = node.alias_targets(cli_env["ES_RERANK_INDEX"])
+    settings = node.index_settings(concrete)
+    assert settings["number_of_shards"] == "2" and settings["number_of_replicas"] == "0", settings
+    assert settings.get("auto_expand_replicas") in (None, "false"), settings
+    mark = node.meta(concrete)["es_rerank"]
+    assert (mark["shards"], mark["replicas"], mark["hnsw_m"], mark["hnsw_ef_construction"]) == (2, 0, 16, 100)
+    r = run("index", str(SAMPLE), "--no-progress", "--shards", "0")
+    assert r.exit_code != 0 and "shards must be >= 1, got 0" in r.output, r.output

@@ -86,6 +86,27 @@ def test_url_credentials_are_masked_even_when_the_url_does_not_parse(url):
         assert "s3cret" not in text and "pa/ss" not in text and "rd@" not in text.replace("***@", "")
 
 
+@pytest.mark.parametrize("engine", ["elasticsearch", "opensearch"])
+@pytest.mark.parametrize("password", ["Zq/7Kw#X9v?Lm", "Zq#7Kw", "Zq?7Kw/x", "Zq:7K@w"])
+def test_an_unparsable_url_error_quotes_no_piece_of_the_password(engine, password):
+    """The URL parser's own message can quote the piece of a password after a '/', '#' or '?';
+    the error es-rerank raises gives the rule instead and masks the credentials."""
+    from es_rerank.engines import engine_class
+    from es_rerank.errors import ClusterError
+
+    url = f"http://elastic:{password}@es.example:9243"
+    e = engine_class(engine)(Settings(url=url))
+    try:
+        e.client  # builds the client: the URL is parsed here
+    except ClusterError as err:
+        message = str(err)
+        assert "percent-encode" in message, message
+    else:  # it parsed (the password held nothing that breaks the URL): nothing to check
+        return
+    pieces = [p for p in re.split(r"[/#?:@]", password) if len(p) >= 2]
+    assert pieces and not any(p in message for p in pieces), message
+
+
 def test_replace_none_means_none_and_validates():
     s = Settings(rerank_timeout=5.0)
     assert s.replace(rerank_timeout=None).rerank_timeout is None

@@ -91,6 +91,14 @@ def _numbers(text):
     return {float(x) for x in re.findall(r"(?<![\w.])\d+\.\d{3}(?![\d])", text)}
 
 
+def _rescored(out, row):
+    """nDCG@10 of a written run file against the written qrels, by ranx reading the TREC files."""
+    from ranx import Qrels, Run, evaluate
+
+    return evaluate(Qrels.from_file(str(out / "qrels.trec"), kind="trec"),
+                    Run.from_file(str(out / f"{row}.run"), kind="trec"), "ndcg@10", make_comparable=True)
+
+
 def _comparison_numbers(comparison):
     return {abs(round(comparison[k], 3)) for k in ("mean_delta", "ci_low", "ci_high") if comparison[k] is not None}
 
@@ -129,6 +137,11 @@ def test_eval_end_to_end(run, scifact_slice, tmp_path):
     assert "## Gap analysis" in md and "95% CI" in md and "| hybrid+cross-encoder |" in md
     assert (out / "report.html").is_file()
     assert "wall time" in r.stdout and "(indexing" in r.stdout
+    # every row's run file, re-scored by ranx from the TREC files alone, gives the printed nDCG@10
+    assert "## Run files" in md
+    for setup, row in rows.items():
+        assert f"{_rescored(out, setup):.4f}" == f"{row['metrics']['ndcg@10']:.4f}", setup
+        assert f"| {setup} |" in md and f"{row['metrics']['ndcg@10']:.3f}" in md
 
     # the same data and settings give the same numbers (the index is reused; no reranker this time)
     r2 = run("eval", "--data", str(scifact_slice), "--depth", "10", "--final-k", "5", "--reranker", "none",
@@ -252,6 +265,10 @@ def test_sweep_end_to_end(run, scifact_slice, tmp_path):
     for p in data["points"]:
         line = next(x for x in table.splitlines() if x.startswith(f"{p['depth']} "))
         assert f"{p['retrieval']['ndcg@10']:.3f}" in line and f"{p['reranked']['ndcg@10']:.3f}" in line
+    for p in data["points"]:  # the run files re-score to the printed numbers
+        depth = p["depth"]
+        assert f"{_rescored(out, f'hybrid@{depth}'):.4f}" == f"{p['retrieval']['ndcg@10']:.4f}"
+        assert f"{_rescored(out, f'reranked@{depth}'):.4f}" == f"{p['reranked']['ndcg@10']:.4f}"
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     html = (out / "report.html").read_text()
@@ -285,6 +302,11 @@ def test_tune_cli_without_a_dev_split_cross_validates(run, scifact_slice, tmp_pa
                      r"23 settings from those scores and the folds took \d+\.\d s", r.stdout)
     md = (out / "results.md").read_text()
     assert "## Folds" in md and "export ES_RERANK_RERANKER=" in md
+    # the table's rows (hybrid and the best settings) re-score from their run files to the printed means
+    assert f"{_rescored(out, 'hybrid'):.4f}" == f"{data['result']['baseline']['mean']:.4f}"
+    best = data["result"]["best"]
+    assert f"{_rescored(out, best['label'].replace(' ', '_')):.4f}" == f"{best['mean']:.4f}"
+    assert f"| {best['label']} | {best['mean']:.4f} |" in md
     html = (out / "report.html").read_text()
     assert html.count('<li class="q"') == 6
 

@@ -312,7 +312,16 @@ def test_tune_outputs(tmp_path, folds):
     assert table.splitlines()[2].startswith("hybrid (no rerank)")
     assert "cross-encoder depth=10 blend=none" in table.splitlines()[3]
     paths = write_tune(report, tmp_path)
-    assert [p.name for p in paths] == ["results.json", "results.md", "report.html"]
+    top = sorted(report.result.cells, key=lambda c: -c.mean)[:10]
+    assert [p.name for p in paths] == ["results.json", "results.md", "report.html", "hybrid.run",
+                                       *(c.setting.label().replace(" ", "_") + ".run" for c in top), "qrels.trec"]
+    # every row of the table re-scores from its run file to the mean it shows
+    from ranx import Qrels, Run, evaluate
+
+    qrels = Qrels.from_file(str(tmp_path / "qrels.trec"), kind="trec")
+    for mean, path in zip([report.result.baseline.mean, *(c.mean for c in top)], paths[3:-1]):
+        assert evaluate(qrels, Run.from_file(str(path), kind="trec"), "ndcg@10", make_comparable=True) == \
+            pytest.approx(mean, abs=1e-12), path.name
     md = (tmp_path / "results.md").read_text()
     assert "export ES_RERANK_RERANKER=cross-encoder" in md and "export ES_RERANK_DEPTH=10" in md
     assert "One deep rerank pass scored 600 (query, candidate) pairs" in md and "in 12.5 s" in md
@@ -361,3 +370,72 @@ def test_html_reports_escape_and_sort_sections():
     assert len(re.findall(r"<script[\s>]", html)) == 1
     sweep = sweep_html(_sweep([_point(10, _values(5, 0.5, 0.1, 1), 0.0, 0.1, 1)], 5))
     assert "hybrid at the same depth" in sweep
+
+
+# -- TREC run files ----------------------------------------------------------------------------
+
+def test_trec_run_and_qrels_lines():
+    from es_rerank.evaluate.metrics import doc_scores
+    from es_rerank.evaluate.trec import qrels_lines, run_lines
+
+    run = {"q1": doc_scores(["d2", "d1", "d2", "d3"]), "q2": {"x": 0.25, "y": 0.5}}
+    assert run_lines(run, tag="hybrid+cross-encoder") == [
+        "q1 Q0 d2 1 3.0 hybrid+cross-encoder", "q1 Q0 d1 2 2.0 hybrid+cross-encoder",
+        "q1 Q0 d3 3 1.0 hybrid+cross-encoder",
+        "q2 Q0 y 1 0.5 hybrid+cross-encoder", "q2 Q0 x 2 0.25 hybrid+cross-encoder"]
+    # scores are written round-trip exact, so a tool reads back the very order
+    assert run_lines({"q": {"a": 0.1 + 0.2, "b": 0.3}}, tag="t") == ["q Q0 a 1 0.30000000000000004 t",
+                                                                     "q Q0 b 2 0.3 t"]
+    assert qrels_lines({"q1": {"d1": 2, "d9": 0}}) == ["q1 0 d1 2", "q1 0 d9 0"]
+
+
+@pytest.mark.parametrize("run, message", [
+    ({"q1": {"a": 1.0, "b": 1.0}}, "run\\['q1'\\] ties 'a' and 'b' at score 1.0"),
+    ({"q1": {"a b": 1.0}}, "document id of query 'q1' must be a non-empty string without whitespace for a TREC file"),
+    ({"q 1": {"a": 1.0}}, "query id must be a non-empty string without whitespace for a TREC file, got 'q 1'"),
+    ({"q1": {"a": float("nan")}}, "run\\['q1'\\]\\['a'\\] must be a finite number, got nan"),
+])
+def test_trec_run_refuses_what_would_not_re_score_the_same(run, message):
+    from es_rerank.evaluate.trec import run_lines
+
+    with pytest.raises(ValidationError, match=message):
+        run_lines(run, tag="t")
+
+
+def test_trec_run_names_are_file_names_and_tags():
+    from es_rerank.evaluate.trec import run_name, write_runs
+
+    assert run_name("cross-encoder depth=30 blend=linear alpha=0.3") == "cross-encoder_depth=30_blend=linear_alpha=0.3"
+    assert run_name("reranked@20") == "reranked@20"
+    with pytest.raises(ValidationError, match="rows 'a b' and 'a/b' would both be written to a_b.run"):
+        write_runs(Path("/nonexistent-never-written"), {"a b": {}, "a/b": {}}, {})
+    with pytest.raises(ValidationError, match="row label '../x' gives no usable run file name"):
+        run_name("../x")
+
+
+def test_eval_writes_a_run_file_per_row_that_ranx_re_scores(tmp_path):
+    from dataclasses import replace
+
+    from ranx import Qrels, Run, evaluate
+
+    from es_rerank.evaluate.metrics import doc_scores, evaluate_run
+
+    report = _eval_report(n=6)
+    qids = list(report.details.texts)
+    qrels = {q: {f"{q}-d3": 1, f"{q}-d5": 2} for q in qids}
+    runs = {"hybrid": {q: doc_scores([f"{q}-d{r}" for r in range(1, 11)]) for q in qids},
+            "hybrid+cross-encoder": {q: doc_scores([f"{q}-d{r}" for r in range(10, 0, -1)]) for q in qids}}
+    report = replace(report, details=replace(report.details, qrels=qrels, runs=runs))
+    paths = write_eval(report, tmp_path)
+    assert [p.name for p in paths] == ["results.json", "results.md", "report.html", "hybrid.run",
+                                       "hybrid+cross-encoder.run", "qrels.trec"]
+    lines = (tmp_path / "hybrid.run").read_text().splitlines()
+    assert lines[0] == f"{qids[0]} Q0 {qids[0]}-d1 1 10.0 hybrid" and len(lines) == 10 * len(qids)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Run files" in md and "trec_eval -c -m ndcg_cut.10 qrels.trec hybrid.run" in md
+    assert md.index("## Run files") < md.index("## Environment")
+    read_qrels = Qrels.from_file(str(tmp_path / "qrels.trec"), kind="trec")
+    for row, run in runs.items():
+        from_file = evaluate(read_qrels, Run.from_file(str(tmp_path / f"{row}.run"), kind="trec"), "ndcg@10",
+                             make_comparable=True)
+        assert from_file == pytest.approx(evaluate_run(qrels, run, ["ndcg@10"])["ndcg@10"], abs=1e-12)

@@ -232,7 +232,7 @@ def test_fault_walk_recreate(request, engine_name, engine, faulty, patient, prox
         with _case(case):
             _expected(outcome)
             assert _serving(node, index_name) in (2, 3)
-            if not case.sent_before_fault("POST", "/_aliases"):  # no swap reached the cluster: nothing switched
+            if not case.sent("POST", "/_aliases"):  # no swap ever reached the cluster: nothing switched
                 assert node.count(index_name) == 2
             _decoys_intact(node, decoys)
             if case.fault == "cut":
@@ -283,7 +283,9 @@ def test_fault_walk_delete_and_delete_docs(request, engine_name, engine, faulty,
                 delete(engine, index_name)
             except IndexMissingError:
                 pass
-            assert not node.exists(index_name) and not _lease_held(engine, index_name)
+            assert not node.exists(index_name)
+            # a run cut off holding the lease leaves it to run out (its process is gone: the next run takes it)
+            assert case.fault == "cut" or not _lease_held(engine, index_name)
             _build(engine, embedder, index_name, old)
         outcomes.append(outcome)
     _summary(request, engine_name, f"delete-docs ({n_docs}) and delete", len(outcomes), outcomes)

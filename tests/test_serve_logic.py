@@ -13,7 +13,7 @@ from es_rerank.config import Settings
 from es_rerank.errors import ClusterError, IndexMissingError, RerankerError, ValidationError
 from es_rerank.rerankers.base import BaseReranker
 from es_rerank.server import is_loopback
-from es_rerank.server.app import _NOT_JSON, Admission, decoded_body, parse_json
+from es_rerank.server.app import _NOT_JSON, MAX_NESTING, Admission, decoded_body, nesting, parse_json
 from es_rerank.server.batching import BatchedReranker, PairBatcher
 from es_rerank.server.errors import ApiError, from_exception
 from es_rerank.server.metrics import Metrics
@@ -150,6 +150,35 @@ def test_parse_json():
         parse_json(b"not json", "application/json")
     with pytest.raises(ApiError, match=r"duplicate field \[size\]"):
         parse_json(b'{"size": 1, "size": 2}', None)
+
+
+def _depth(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    return 1 + max(map(_depth, value), default=0) if isinstance(value, list) else 0
+
+
+@pytest.mark.parametrize("value", [
+    0, "[{", [], {}, [[[]]], {"a": [{"b": [{}]}]},
+    {"a": 'x" [[[ \\ ]]] {{', "b": ["\\", ["\\\"[", "]"]]},  # brackets and escaped quotes inside strings
+    {"query": {"bool": {"must": [{"match": {"text": "a [b] {c}"}}] * 3}}},
+])
+def test_nesting_counts_structure_not_strings(value):
+    import json
+
+    text = json.dumps(value).encode()
+    assert nesting(text) == _depth(value) == _depth(json.loads(text))
+
+
+def test_deep_bodies_are_refused_before_they_are_decoded():
+    """100,000 levels would overflow the decoder's stack: a 400 naming the depth instead."""
+    with pytest.raises(ApiError, match=f"nested 100001 levels deep; the limit is {MAX_NESTING}") as info:
+        parse_json(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json")
+    assert info.value.status == 400 and info.value.type == "x_content_parse_exception"
+    at_limit = b"[" * MAX_NESTING + b"]" * MAX_NESTING
+    assert _depth(parse_json(at_limit, None)) == MAX_NESTING
+    with pytest.raises(ApiError, match=f"nested {MAX_NESTING + 1} levels deep"):
+        parse_json(b"[" + at_limit + b"]", None)
 
 
 def test_decoded_body():
@@ -344,6 +373,21 @@ def test_from_exception():
         assert from_exception(wrapped).status == 504  # gave up for lack of time: a timeout, not a fault
     secret = from_exception(RuntimeError("token abc123 leaked"), secrets=("abc123",))
     assert secret.status == 500 and "abc123" not in secret.reason
+
+
+def test_a_failure_no_route_answered_is_still_elasticsearch_error_json():
+    """The app's last resort (Starlette's 500 handler) answers JSON, secrets masked, never plain text."""
+    import asyncio
+    import json
+
+    from es_rerank.server import create_app
+
+    app = create_app(Settings(url="http://127.0.0.1:9", username="elastic", password="s3cret"))
+    handler = app.exception_handlers[Exception]
+    resp = asyncio.run(handler(None, RuntimeError("lost s3cret")))
+    assert resp.status_code == 500 and resp.media_type == "application/json"
+    cause = {"type": "es_rerank_exception", "reason": "RuntimeError: lost ***"}
+    assert json.loads(resp.body) == {"error": {"root_cause": [cause], **cause}, "status": 500}
 
 
 def test_is_loopback():

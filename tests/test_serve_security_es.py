@@ -225,3 +225,42 @@ def test_health_on_a_secured_cluster(secured_server):
     assert health["status"] == "ok" and health["cluster"]["status"] == 401
     assert "secured" in health["cluster"]["health"]
     assert PASSWORD not in json.dumps(health)
+
+
+def test_the_comparison_page_shows_the_clusters_refusal(secured_url, secured_server, indices, tmp_path):
+    """A wrong password typed into the page: the cluster's own 401 reason is on the page, and no login
+    box is asked for (the browser never sees a WWW-Authenticate on the page's endpoints)."""
+    from report_browser import open_url
+
+    body = {"index": indices["a"], "query": "refund", "depth": 4, "final_k": 2,
+            "sides": [{"reranker": "none"}, {"reranker": "cross-encoder"}]}
+    direct = httpx.post(f"{secured_url}/{indices['a']}/_search", json={"query": {"match_all": {}}},
+                        auth=("elastic", "wrong-password"), timeout=60)
+    assert direct.status_code == 401
+    via = httpx.post(secured_server.url + "/_es_rerank/ui/compare", json=body, auth=("elastic", "wrong-password"),
+                     timeout=60)
+    assert via.status_code == 401 and via.json()["error"]["type"] == "security_exception"
+    assert www_authenticate(via) == [] and www_authenticate(direct) != []
+    cluster_reason = direct.json()["error"]["reason"].split(" for REST request")[0]
+    for path in ("/_es_rerank/ui/judged", "/_es_rerank/ui/indices"):  # what the page asks on load: no login box
+        r = httpx.get(secured_server.url + path, auth=("elastic", "wrong-password"))
+        assert r.status_code == 401 and www_authenticate(r) == [], path
+    names = httpx.get(secured_server.url + "/_es_rerank/ui/indices", auth=("elastic", PASSWORD)).json()
+    assert indices["a"] in names["names"]
+    with open_url(secured_server.url + "/_es_rerank/ui", tmp_path / "profile") as (page, errors, _):
+        page.locator("#side-b select[name=reranker] option:nth-child(2)").wait_for(state="attached")
+        page.fill("#index", indices["a"])
+        page.fill("#query", "refund")
+        page.fill("#depth", "4")
+        page.fill("#final_k", "2")
+        page.locator("details.credentials").evaluate("d => { d.open = true; }")
+        page.fill("#user", "elastic")
+        page.fill("#password", "wrong-password")
+        page.click("#go")
+        page.locator("body[data-state=done], body[data-state=error]").wait_for(timeout=60_000)
+        shown = page.inner_text("#error")
+        assert page.locator("#results").is_hidden()
+    assert shown.startswith("401 security_exception: ") and cluster_reason in shown
+    assert "wrong-password" not in shown and PASSWORD not in shown
+    # the browser logs the failed fetch itself; nothing else went wrong on the page
+    assert [e for e in errors if "401" not in e] == []

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 from .html import Plot, QuerySection, TableRow, plot_tune, query_views, render_report
 from .runner import BASELINE, PRIMARY_METRIC, EvalReport, QueryDetails, SweepReport, TuneReport, paired_phrase
 from .stats import PairedComparison, paired_comparison
+from .metrics import doc_scores
+from .trec import RUN_SUFFIX, rescoring_note, run_name, write_runs
 from .tune import apply_setting
 
 TOP_CELLS = 10
@@ -180,14 +182,32 @@ def eval_html(report: EvalReport) -> str:
         environment=report.environment, sections=sections)
 
 
+def _run_files(runs: Mapping[str, Any]) -> list[str]:
+    return [run_name(row) + RUN_SUFFIX for row in runs]
+
+
+def _with_runs(markdown: str, runs: Mapping[str, Any]) -> str:
+    """results.md with the paragraph on re-scoring the run files (before the environment)."""
+    if not runs:
+        return markdown
+    head, sep, tail = markdown.partition("## Environment")
+    return head + rescoring_note(_run_files(runs)) + "\n" + sep + tail
+
+
+def _runs_of(details: QueryDetails | None) -> tuple[Mapping[str, Any], Mapping[str, Mapping[str, int]]]:
+    return ({}, {}) if details is None else (details.runs, details.qrels)
+
+
 def write_eval(report: EvalReport, out: Path, *, reranker_note: str = "") -> list[Path]:
-    """``results.json``, ``results.md`` and ``report.html`` in ``out``."""
+    """``results.json``, ``results.md``, ``report.html``, a TREC run file per row and ``qrels.trec`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    runs, qrels = _runs_of(report.details)
     (out / "results.json").write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
-    (out / "results.md").write_text(eval_markdown(report, reranker_note=reranker_note))
+    (out / "results.md").write_text(_with_runs(eval_markdown(report, reranker_note=reranker_note), runs))
     (out / "report.html").write_text(eval_html(report), encoding="utf-8")
-    return [out / "results.json", out / "results.md", out / "report.html"]
+    written = write_runs(out, runs, qrels) if runs else []
+    return [out / "results.json", out / "results.md", out / "report.html", *written]
 
 
 # -- sweep -------------------------------------------------------------------------------
@@ -365,14 +385,17 @@ def sweep_html(report: SweepReport, plot_png: bytes | None = None) -> str:
 
 
 def write_sweep(report: SweepReport, out: Path) -> list[Path]:
-    """``results.json``, ``results.md``, ``sweep.png`` and ``report.html`` in ``out``."""
+    """``results.json``, ``results.md``, ``sweep.png``, ``report.html``, TREC run files
+    (``hybrid@<depth>.run``, ``reranked@<depth>.run``) and ``qrels.trec`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    runs, qrels = _runs_of(report.details)
     (out / "results.json").write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
     plot = plot_sweep(report, out / "sweep.png")
-    (out / "results.md").write_text(sweep_markdown(report, plot.name))
+    (out / "results.md").write_text(_with_runs(sweep_markdown(report, plot.name), runs))
     (out / "report.html").write_text(sweep_html(report, plot.read_bytes()), encoding="utf-8")
-    return [out / "results.json", out / "results.md", plot, out / "report.html"]
+    written = write_runs(out, runs, qrels) if runs else []
+    return [out / "results.json", out / "results.md", plot, out / "report.html", *written]
 
 
 # -- tune --------------------------------------------------------------------------------
@@ -519,16 +542,34 @@ def _tune_models(report: TuneReport) -> dict[str, str]:
     return {name: _model_label(str(m)) for name, m in dict(models).items() if m}
 
 
+def tune_runs(report: TuneReport) -> dict[str, dict[str, dict[str, float]]]:
+    """The run of every row of the tune table (hybrid, then the best settings), rebuilt from the
+    deep pass's scores exactly as the grid ranked them; empty without per-query details."""
+    details = report.details
+    if details is None:
+        return {}
+    g = details.grid
+    runs = {"hybrid": {q: doc_scores(details.candidates[q]) for q in g.qids}}
+    for cell in _top_cells(report):
+        s = cell.setting
+        runs[s.label()] = {q: doc_scores(apply_setting(details.candidates[q], details.scores[s.reranker][q], s,
+                                                       rank_constant=details.rank_constant)) for q in g.qids}
+    return runs
+
+
 def write_tune(report: TuneReport, out: Path) -> list[Path]:
-    """``results.json``, ``results.md`` and ``report.html`` in ``out``."""
+    """``results.json``, ``results.md``, ``report.html``, a TREC run file per row of the table and
+    ``qrels.trec`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    runs = tune_runs(report)
     (out / "results.json").write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
-    (out / "results.md").write_text(tune_markdown(report))
+    (out / "results.md").write_text(_with_runs(tune_markdown(report), runs))
     (out / "report.html").write_text(tune_html(report), encoding="utf-8")
-    return [out / "results.json", out / "results.md", out / "report.html"]
+    written = write_runs(out, runs, report.details.qrels) if runs and report.details is not None else []
+    return [out / "results.json", out / "results.md", out / "report.html", *written]
 
 
 __all__ = ["eval_table", "eval_markdown", "eval_html", "write_eval", "sweep_table",
            "sweep_sentence", "sweep_series", "sweep_figure", "plot_sweep", "sweep_html", "write_sweep",
-           "tune_table", "tune_markdown", "tune_html", "write_tune", "tune_env_lines"]
+           "tune_table", "tune_markdown", "tune_html", "write_tune", "tune_env_lines", "tune_runs"]

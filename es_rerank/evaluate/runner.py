@@ -169,12 +169,15 @@ class QueryDetails:
         qrels: The judgments of the evaluated queries.
         values: ``setup -> query_id ->`` the primary metric (nDCG@10) of that query.
         rankings: ``setup -> query_id ->`` its top documents (no texts).
+        runs: ``row -> query_id -> doc_id -> score``: every row's whole ranking, the run its
+            metrics were computed from (written as TREC run files, :mod:`es_rerank.evaluate.trec`).
     """
 
     texts: Mapping[str, str]
     qrels: Mapping[str, Mapping[str, int]]
     values: Mapping[str, Mapping[str, float]]
     rankings: Mapping[str, Mapping[str, tuple[Hit, ...]]]
+    runs: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
 
 
 # -- eval ----------------------------------------------------------------------------------
@@ -371,7 +374,7 @@ def run_eval(
     report = EvalReport(
         str(data.root), data.split, len(qids), depth, final_k, blend, blend_weight, tuple(rows), {},
         rule.to_dict(found), environment(searcher, fusion=fusion or s.fusion, blend=blend, blend_weight=blend_weight),
-        details=QueryDetails({q: data.queries[q] for q in qids}, qrels, values, rankings),
+        details=QueryDetails({q: data.queries[q] for q in qids}, qrels, values, rankings, runs),
     )
     return replace(report, gap=gap_analysis(report), wall_seconds=time.perf_counter() - started)
 
@@ -672,6 +675,7 @@ def run_sweep(
     points = []
     values: dict[str, dict[str, float]] = {}
     rankings: dict[str, dict[str, tuple[Hit, ...]]] = {}
+    runs: dict[str, dict[str, dict[str, float]]] = {}
     total = len(qids) * len(depths)
     done = found = 0
     _warm_up(searcher, data.queries[qids[0]], [reranker], fusion)
@@ -699,6 +703,7 @@ def run_sweep(
                 on_query(done, total)
         base_ndcg, new_ndcg = per_query(qrels, before, PRIMARY_METRIC), per_query(qrels, after, PRIMARY_METRIC)
         values[f"hybrid@{depth}"], values[f"reranked@{depth}"] = base_ndcg, new_ndcg
+        runs[f"hybrid@{depth}"], runs[f"reranked@{depth}"] = before, after
         points.append(SweepPoint(
             depth, evaluate_run(qrels, before, names), evaluate_run(qrels, after, names), percentiles(r_ms),
             percentiles(rr_ms), paired_comparison(base_ndcg, new_ndcg, metric=PRIMARY_METRIC, seed=seed),
@@ -708,7 +713,8 @@ def run_sweep(
         str(data.root), data.split, len(qids), final_k, reranker_name, model, blend, blend_weight, tolerance,
         tuple(points), advice, rule.to_dict(found),
         environment(searcher, fusion=fusion or s.fusion, blend=blend, blend_weight=blend_weight),
-        time.perf_counter() - started, QueryDetails({q: data.queries[q] for q in qids}, qrels, values, rankings))
+        time.perf_counter() - started, QueryDetails({q: data.queries[q] for q in qids}, qrels, values, rankings,
+                                                    runs))
 
 
 # -- tune ----------------------------------------------------------------------------------

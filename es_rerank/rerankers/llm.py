@@ -27,21 +27,29 @@ in ``Usage.fallbacks``, never dropped silently. Non-finite or out-of-range numbe
 reply (a log-probability of NaN, +inf or above 0) make it unusable too. Network failures
 after the retries, and any redirect, raise :class:`~es_rerank.errors.RerankerError` (the
 searcher may then fall back to the retrieval order when asked to).
+
+Requests end when their caller stops waiting, not at their timeout: the sockets of one call
+belong to a :class:`Cancellation`, and cancelling it shuts them down, so a read blocked on a
+server that never answers returns at once and is not retried. A pointwise call cancels its
+other requests when it is interrupted (Ctrl-C, SIGTERM) or when one of them fails, and
+``close()`` cancels every call still in flight.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import logging
 import math
 import re
+import socket
 import threading
-import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 from urllib.parse import unquote
@@ -151,13 +159,103 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class Cancellation:
+    """Ends the requests of one call at once, wherever their threads are blocked.
+
+    Each request's socket is attached once connected; :meth:`cancel` shuts them all down
+    (a blocked read then returns at once), and a request attached after that is shut down
+    as it attaches. A request that fails after the cancel is not retried. Thread-safe.
+
+    Example:
+        >>> c = Cancellation()
+        >>> c.cancel(); c.cancelled
+        True
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        # weak: a finished request's socket is closed and may go; nothing needs it any more
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, less if cancelled meanwhile; whether it was cancelled."""
+        return self._event.wait(seconds)
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._sockets.add(sock)
+                return
+        _shut(sock)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._event.set()
+            sockets = list(self._sockets)
+            self._sockets.clear()
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed or never connected: nothing left to stop
+        pass
+
+
+class _CancellableHTTP(http.client.HTTPConnection):
+    def __init__(self, *args: Any, cancellation: Cancellation, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._cancellation = cancellation
+
+    def connect(self) -> None:
+        super().connect()
+        self._cancellation.attach(self.sock)
+
+
+class _CancellableHTTPS(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, cancellation: Cancellation, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._cancellation = cancellation
+
+    def connect(self) -> None:
+        super().connect()  # the TLS socket: shutting it down ends a read blocked in it
+        self._cancellation.attach(self.sock)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, cancellation: Cancellation):
+        super().__init__()
+        self._cancellation = cancellation
+
+    def http_open(self, req):  # noqa: D102 (urllib's hook)
+        return self.do_open(functools.partial(_CancellableHTTP, cancellation=self._cancellation), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, cancellation: Cancellation):
+        super().__init__()
+        self._cancellation = cancellation
+
+    def https_open(self, req):  # noqa: D102 (urllib's hook)
+        return self.do_open(functools.partial(_CancellableHTTPS, cancellation=self._cancellation), req,
+                            context=self._context)
+
+
 class LLMClient:
     """A minimal, thread-safe client for the OpenAI-compatible text endpoints.
 
     Redirects are never followed (the credentials would travel to whatever host a 3xx
     names, and its answer would be taken as a judgment): a 3xx is a
     :class:`~es_rerank.errors.RerankerError`. Error messages never carry the API key or
-    the URL's credentials.
+    the URL's credentials. Every request belongs to a :class:`Cancellation` (its caller's,
+    or one of its own); :meth:`cancel_all` ends every request in flight.
     """
 
     def __init__(self, config: LLMConfig):
@@ -173,40 +271,68 @@ class LLMClient:
             self._headers["Authorization"] = f"Basic {basic}"
         # a server may echo any of these in an error body
         self._secrets = tuple(s for s in (config.api_key, password, basic) if s)
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._in_flight: weakref.WeakSet[Cancellation] = weakref.WeakSet()
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LLMClient({self.base_url!r}, model={self.config.model!r})"
 
-    def generate(self, prompt: str, **params: Any) -> dict[str, Any]:
+    def generate(self, prompt: str, *, cancellation: Cancellation | None = None, **params: Any) -> dict[str, Any]:
         """Send ``prompt`` as one user message (chat) or as the raw prompt (completions)."""
         if self.config.api == "chat":
-            return self.post("/chat/completions", {"messages": [{"role": "user", "content": prompt}], **params})
-        return self.post("/completions", {"prompt": prompt, **params})
+            return self.post("/chat/completions", {"messages": [{"role": "user", "content": prompt}], **params},
+                             cancellation=cancellation)
+        return self.post("/completions", {"prompt": prompt, **params}, cancellation=cancellation)
+
+    def cancellation(self) -> Cancellation:
+        """A new :class:`Cancellation` for the requests of one call, reached by :meth:`cancel_all`
+        from now on (even before the call's first request)."""
+        cancellation = Cancellation()
+        with self._lock:
+            self._in_flight.add(cancellation)
+        return cancellation
+
+    def cancel_all(self) -> None:
+        """Cancel every request in flight (their calls raise :class:`~es_rerank.errors.RerankerError`)."""
+        with self._lock:
+            pending = list(self._in_flight)
+        for cancellation in pending:
+            cancellation.cancel()
 
     def _error(self, message: str) -> RerankerError:
         return RerankerError(redact(message, self._secrets))
 
-    def post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    def post(self, path: str, payload: Mapping[str, Any], *,
+             cancellation: Cancellation | None = None) -> dict[str, Any]:
         """POST a request; retry transient failures (connection, 429, 5xx) with exponential backoff.
+
+        Args:
+            path: Below the base URL (``/completions``).
+            payload: The request body, less ``model``.
+            cancellation: Ends this request (and its retries) when cancelled. Defaults to
+                one of its own (:meth:`cancellation`).
 
         Returns:
             The reply's JSON object.
 
         Raises:
             RerankerError: The server is unreachable, times out, redirects, answers an
-                error, or answers something other than a JSON object after the retries
-                (the message never includes the API key or the URL's credentials).
+                error, or answers something other than a JSON object after the retries,
+                or the request was cancelled (the message never includes the API key or
+                the URL's credentials).
         """
         url = self.base_url + path
         body = json.dumps({"model": self.config.model, **payload}).encode()
+        cancellation = cancellation if cancellation is not None else self.cancellation()
+        opener = urllib.request.build_opener(_NoRedirect, _HTTPHandler(cancellation), _HTTPSHandler(cancellation))
         last: Exception | None = None
         for attempt in range(self.config.retries + 1):
-            if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+            backoff = min(0.5 * 2 ** (attempt - 1), 8.0) if attempt else 0.0
+            if cancellation.wait(backoff):
+                raise self._error(f"LLM request to {url} was cancelled") from last
             try:
                 req = urllib.request.Request(url, data=body, headers=self._headers, method="POST")
-                with self._opener.open(req, timeout=self.config.timeout) as resp:
+                with opener.open(req, timeout=self.config.timeout) as resp:
                     reply = json.loads(resp.read().decode("utf-8"))
                 if not isinstance(reply, dict):
                     raise ValueError(f"expected a JSON object, got {type(reply).__name__}")
@@ -479,10 +605,12 @@ class LLMPointwiseReranker(BaseReranker):
         self._executor()
 
     def close(self) -> None:
-        """Stop the request threads once the calls in flight finish; a later call starts new ones."""
+        """Cancel the requests in flight (their calls raise RerankerError) and stop the request
+        threads; a later call starts new ones."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
+        self._client.cancel_all()
+        if pool is not None:  # the calls' queued requests run too: each raises at once, cancelled
             pool.shutdown(wait=True)
 
     def prompt(self, query: str, text: str) -> str:
@@ -490,13 +618,15 @@ class LLMPointwiseReranker(BaseReranker):
         return pointwise_prompt(query, shorten(text, max_words=self.max_words, max_chars=self.max_chars),
                                 self.instructions)
 
-    def judge(self, query: str, text: str) -> tuple[float, Usage]:
+    def judge(self, query: str, text: str, *, cancellation: Cancellation | None = None) -> tuple[float, Usage]:
         """One request: the candidate's score (or :data:`FALLBACK_SCORE`) and its usage."""
         prompt = self.prompt(query, text)
         if self.config.api == "chat":
-            reply = self._client.generate(prompt, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=10)
+            reply = self._client.generate(prompt, cancellation=cancellation, max_tokens=1, temperature=0.0,
+                                          logprobs=True, top_logprobs=10)
         else:
-            reply = self._client.generate(prompt, max_tokens=1, temperature=0.0, logprobs=10)
+            reply = self._client.generate(prompt, cancellation=cancellation, max_tokens=1, temperature=0.0,
+                                          logprobs=10)
         usage = reply_usage(reply)
         score = pointwise_score(reply)
         if score is None:
@@ -506,8 +636,24 @@ class LLMPointwiseReranker(BaseReranker):
         return score, usage
 
     def score_with_usage(self, query: str, texts: Sequence[str]) -> Scored:
-        """One score per text (in [0, 1], or :data:`FALLBACK_SCORE`) and this call's usage."""
-        results = list(self._executor().map(lambda t: self.judge(query, t), texts))
+        """One score per text (in [0, 1], or :data:`FALLBACK_SCORE`) and this call's usage.
+
+        The first failing request fails the call; the call's other requests are then
+        cancelled, as they are when the wait is interrupted (KeyboardInterrupt, SystemExit).
+        """
+        cancellation = self._client.cancellation()
+        futures = [self._executor().submit(self.judge, query, t, cancellation=cancellation) for t in texts]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:  # a failure ends the wait: raise it without waiting on the others
+                if f in done and f.exception() is not None:
+                    f.result()
+            results = [f.result() for f in futures]
+        except BaseException:
+            cancellation.cancel()
+            for f in futures:
+                f.cancel()
+            raise
         return Scored(tuple(s for s, _ in results), sum((u for _, u in results), Usage()))
 
 
@@ -644,13 +790,18 @@ class ListwiseReranker(BaseReranker):
         return listwise_prompt(query, [shorten(t, max_words=self.max_words, max_chars=self.max_chars) for t in texts],
                                self.instructions)
 
+    def close(self) -> None:
+        """Cancel the requests in flight (their calls raise RerankerError)."""
+        self._client.cancel_all()
+
     def order_with_usage(self, query: str, texts: Sequence[str]) -> tuple[list[int], Usage]:
         """Indices of ``texts``, best first, and the usage of the requests this took."""
         order = list(range(len(texts)))
         usage = Usage()
+        cancellation = self._client.cancellation()  # one for the call: close() ends its later windows too
         for start, end in sliding_windows(len(texts), self.window, self.step):
             current = order[start:end]
-            reply = self._client.generate(self.prompt(query, [texts[i] for i in current]),
+            reply = self._client.generate(self.prompt(query, [texts[i] for i in current]), cancellation=cancellation,
                                           temperature=0.0, max_tokens=8 * len(current) + 16)
             usage += reply_usage(reply)
             content = reply_text(reply)

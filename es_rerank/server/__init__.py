@@ -67,6 +67,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     app = create_app(settings, **app_options)
     if warm_up:
         app.state.server.service.warm_up()
+        if app.state.server.judgments is not None:
+            app.state.server.judgments.warm_up()
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, timeout_keep_alive=30)
 
 

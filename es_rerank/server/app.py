@@ -10,6 +10,8 @@ Routes:
 * ``GET /_es_rerank/health`` and ``GET /_es_rerank/metrics`` (Prometheus).
 * ``GET|HEAD /``: the cluster's banner; where it has none (Elasticsearch's integ-test build
   answers 405), one built from the node's info, so clients' ``info()`` and ``ping()`` work.
+* ``GET /_es_rerank/ui``: the comparison page, and its endpoints (:mod:`es_rerank.server.ui`);
+  off with ``ES_RERANK_SERVE_UI=false``.
 * everything else: passed through to the cluster unchanged, streamed both ways.
 
 Reranking requests are admitted up to ``serve_queue`` at a time; more get 429 with
@@ -24,6 +26,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import threading
 import time
 import zlib
@@ -31,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Callable, Mapping
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -44,8 +48,10 @@ from ..rerankers import Reranker
 from .errors import ApiError, bad_request, from_exception
 from .metrics import Metrics, outcome_of
 from .pipeline import RerankService, caller_headers
-from .proxy import Passthrough
+from .proxy import Passthrough, body_chunks
 from .translate import BANNER_NODE_FIELDS, is_rerank_search, parse_inference, parse_search, root_banner
+from .ui import (COMPARE_PATH, JUDGED_PATH, SECURITY_HEADERS, STATIC_FILES, UI_PATH, Judgments, compare,
+                 parse_compare, static_file)
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +103,46 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+#: Deepest nesting of arrays and objects read from a request body. Python's JSON decoder (and
+#: the code that walks a body) recurses once per level: 100,000 "[" would overflow the stack.
+#: Real search bodies nest a few dozen levels at most.
+MAX_NESTING = 200
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def nesting(body: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest; brackets inside strings do not count.
+
+    Linear and without recursion, so it measures a body before anything recursive reads it.
+
+    Example:
+        >>> nesting(b'{"a": [1, {"b": "]]}{[["}]}'), nesting(b"[" * 100_000)
+        (3, 100000)
+    """
+    steps = _JSON_STRING.sub(b"", body).translate(_STEP, _NOT_BRACKET)
+    if not steps:
+        return 0
+    return max(0, int(np.cumsum(np.frombuffer(steps, dtype=np.int8), dtype=np.int64).max()))
+
+
 def parse_json(body: bytes, content_type: str | None) -> Any:
     """The decoded body; ``_NOT_JSON`` for an empty body or a non-JSON media type (SMILE, CBOR ...).
 
     Raises:
-        ApiError: 400 for a JSON body that does not parse (or repeats a field).
+        ApiError: 400 for a JSON body that does not parse, repeats a field or nests deeper
+            than :data:`MAX_NESTING` levels.
     """
     if content_type and "json" not in content_type.lower():
         return _NOT_JSON
     if not body.strip():
         return _NOT_JSON
+    depth = nesting(body)
+    if depth > MAX_NESTING:
+        raise bad_request(f"request body is nested {depth} levels deep; the limit is {MAX_NESTING}",
+                          type="x_content_parse_exception")
     try:
         return json.loads(body.decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except UnicodeDecodeError as e:
@@ -116,11 +152,12 @@ def parse_json(body: bytes, content_type: str | None) -> Any:
                           type="parse_exception") from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused once it is larger than ``limit`` bytes (nothing more is read).
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused once it is larger than ``limit`` bytes (nothing more is read)
+    or when its next bytes do not arrive within ``timeout`` seconds.
 
     Raises:
-        ApiError: 413 naming the size and the limit.
+        ApiError: 413 naming the size and the limit; 408 for a body that stopped arriving.
     """
     def too_large(size: int) -> ApiError:
         return ApiError(413, "content_too_long_exception",
@@ -131,7 +168,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared))
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, timeout):
         size += len(chunk)
         if size > limit:
             raise too_large(size)
@@ -171,12 +208,14 @@ class Server:
         engine, embedder, rerankers, batch_wait_ms: See :class:`~es_rerank.server.pipeline.RerankService`.
         max_window: Largest ``rank_window_size`` (and inference inputs). Defaults to
             ``settings.serve_max_window``.
+        judgments: Relevance judgments for the comparison page. Defaults to None.
     """
 
     def __init__(self, settings: Settings, *, engine: Engine | None = None, embedder: Embedder | None = None,
                  rerankers: Mapping[str, Reranker] | None = None, batch_wait_ms: float | None = None,
-                 max_window: int | None = None):
+                 max_window: int | None = None, judgments: Judgments | None = None):
         self.settings = settings
+        self.judgments = judgments
         self.metrics = Metrics()
         self.admission = Admission(settings.serve_queue, self.metrics)
         self.service = RerankService(settings, engine=engine, embedder=embedder, rerankers=rerankers,
@@ -270,7 +309,7 @@ class Server:
         started = time.perf_counter()
         index = request.path_params.get("index")
         try:
-            body = await read_body(request, self.settings.serve_max_body)
+            body = await read_body(request, self.settings.serve_max_body, self.settings.serve_body_timeout)
             plain = decoded_body(body, request.headers.get("content-encoding"), self.settings.serve_max_body)
             parsed = _NOT_JSON if plain is None else parse_json(plain, request.headers.get("content-type"))
             if parsed is _NOT_JSON or not is_rerank_search(parsed):
@@ -313,7 +352,7 @@ class Server:
         if not self.service.knows(inference_id):
             return await self.pass_through(request)
         try:
-            body = await read_body(request, self.settings.serve_max_body)
+            body = await read_body(request, self.settings.serve_max_body, self.settings.serve_body_timeout)
             plain = decoded_body(body, request.headers.get("content-encoding"), self.settings.serve_max_body)
             if plain is None:
                 raise bad_request(f"unsupported Content-Encoding {request.headers.get('content-encoding')!r}: "
@@ -394,6 +433,12 @@ class Server:
         pretty = request.query_params.get("pretty") not in (None, "false")
         return self.json_response(root_banner(info, uuid), pretty=pretty)
 
+    async def unexpected(self, request: Request, exc: Exception) -> Response:
+        """A failure no route turned into an answer: still Elasticsearch's error JSON, never a
+        plain-text page (the error is logged with its traceback)."""
+        error = from_exception(exc, secrets=self.secrets)
+        return self.json_response(error.body(), error.status, headers=error.headers, product=not error.relayed)
+
     async def metrics_text(self, request: Request) -> Response:
         content, media_type = self.metrics.render()
         return Response(content, media_type=media_type)
@@ -401,10 +446,76 @@ class Server:
     async def other(self, request: Request) -> Response:
         return await self.pass_through(request)
 
+    # -- the comparison page ------------------------------------------------------------------------
+
+    async def ui_file(self, request: Request) -> Response:
+        name, media_type = STATIC_FILES[request.url.path[len(UI_PATH):]]
+        return Response(static_file(name), media_type=media_type, headers=SECURITY_HEADERS)
+
+    @staticmethod
+    def _no_login_box(response: Response) -> Response:
+        """The cluster's refusal without ``WWW-Authenticate``: the page shows it; the browser asks nothing."""
+        response.raw_headers = [(k, v) for k, v in response.raw_headers if k.lower() != b"www-authenticate"]
+        return response
+
+    async def ui_compare(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            if "application/json" not in (request.headers.get("content-type") or "").lower():
+                # also keeps other sites' plain form posts out (they cannot send JSON without asking)
+                raise ApiError(415, "media_type_header_exception",
+                               f"send the request as application/json, got {request.headers.get('content-type')!r}")
+            body = await read_body(request, self.settings.serve_max_body)
+            parsed = parse_json(body, request.headers.get("content-type"))
+            spec = parse_compare(None if parsed is _NOT_JSON else parsed, rerankers=self.service.inference_ids,
+                                 max_window=self.max_window)
+        except ApiError as e:
+            return self.error_response(e, "ui_compare", started)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return self._no_login_box(await self.admitted(
+            "ui_compare", started,
+            lambda deadline: compare(self.service, spec, headers, judgments=self.judgments, deadline=deadline)))
+
+    async def ui_judged(self, request: Request) -> Response:
+        """The judged queries (ids, and texts when known), for callers the cluster accepts."""
+        refused = await self.authenticate(request)
+        if refused is not None:
+            return self._no_login_box(refused)
+        j = self.judgments
+        if j is None:
+            return self.json_response({"source": None, "queries": []})
+        queries = [{"qid": q, "text": j.queries.get(q)} for q in j.qrels]
+        return self.json_response({"source": j.source, "queries": queries})
+
+    async def ui_indices(self, request: Request) -> Response:
+        """Names the caller may list (aliases and indices, hidden ones left out), asked of the cluster
+        with the caller's credentials; a refusal is the cluster's, without a login box."""
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in caller_headers(
+            {k.lower(): v for k, v in request.headers.items()}).items()]
+        names: set[str] = set()
+        for path, key in (("/_cat/aliases?format=json&h=alias", "alias"), ("/_cat/indices?format=json&h=index",
+                                                                            "index")):
+            try:
+                upstream = await self.proxy.send("GET", self.proxy.base + path, headers, None)
+            except ApiError as e:
+                return self._no_login_box(self.error_response(e, "ui_indices", time.perf_counter()))
+            content = await upstream.aread()
+            await upstream.aclose()
+            if upstream.status_code != 200:
+                response = Response(content, status_code=upstream.status_code, media_type="application/json")
+                return response
+            names |= {row[key] for row in json.loads(content) if isinstance(row.get(key), str)}
+        return self.json_response({"names": sorted(n for n in names if not n.startswith("."))})
+
+    async def ui_missing(self, request: Request) -> Response:
+        reason = (f"no such file of the comparison page: {request.url.path}" if self.settings.serve_ui
+                  else "the comparison page is off (ES_RERANK_SERVE_UI=false)")
+        return self.json_response(ApiError(404, "resource_not_found_exception", reason).body(), 404)
+
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None, embedder: Embedder | None = None,
                rerankers: Mapping[str, Reranker] | None = None, batch_wait_ms: float | None = None,
-               max_window: int | None = None) -> Starlette:
+               max_window: int | None = None, judgments: Judgments | None = None) -> Starlette:
     """The es-rerank server as an ASGI app (run it with uvicorn, or :func:`es_rerank.server.serve`).
 
     Args:
@@ -416,6 +527,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         batch_wait_ms: Micro-batching wait; 0 turns batching off. Defaults to
             ``settings.serve_batch_wait_ms``.
         max_window: Largest ``rank_window_size``. Defaults to ``settings.serve_max_window`` (1000).
+        judgments: Relevance judgments the comparison page marks hits with
+            (:func:`es_rerank.server.ui.load_judgments`). Defaults to None.
 
     Returns:
         The app; ``app.state.server`` is its :class:`Server` (``service.warm_up()`` loads the models).
@@ -426,7 +539,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     """
     settings = settings if settings is not None else Settings.from_env()
     server = Server(settings, engine=engine, embedder=embedder, rerankers=rerankers, batch_wait_ms=batch_wait_ms,
-                    max_window=max_window)
+                    max_window=max_window, judgments=judgments)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -436,12 +549,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     routes = [
         Route("/_es_rerank/health", server.health, methods=["GET"]),
         Route("/_es_rerank/metrics", server.metrics_text, methods=["GET"]),
+    ]
+    if settings.serve_ui:
+        routes += [Route(UI_PATH + suffix, server.ui_file, methods=["GET"]) for suffix in STATIC_FILES]
+        routes += [Route(COMPARE_PATH, server.ui_compare, methods=["POST"]),
+                   Route(JUDGED_PATH, server.ui_judged, methods=["GET"]),
+                   Route(UI_PATH + "/indices", server.ui_indices, methods=["GET"])]
+    else:
+        routes.append(Route(UI_PATH, server.ui_missing, methods=ALL_METHODS))
+    routes.append(Route(UI_PATH + "/{rest:path}", server.ui_missing, methods=ALL_METHODS))
+    routes += [
         Route("/_inference/rerank/{inference_id}", server.inference, methods=["POST"]),
         Route("/", server.root, methods=["GET", "HEAD"]),
         Route("/_search", server.search, methods=["GET", "POST"]),
         Route("/{index}/_search", server.search, methods=["GET", "POST"]),
         Route("/{path:path}", server.other, methods=ALL_METHODS),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server.unexpected})
     app.state.server = server
     return app

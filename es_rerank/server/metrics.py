@@ -2,8 +2,8 @@
 
 Exposed at ``GET /_es_rerank/metrics``:
 
-* ``es_rerank_requests_total{endpoint, outcome}``: ``endpoint`` is ``search``, ``inference``
-  or ``passthrough``; ``outcome`` is ``ok``, ``bad_request``, ``rejected`` (429, queue full),
+* ``es_rerank_requests_total{endpoint, outcome}``: ``endpoint`` is ``search``, ``inference``,
+  ``ui_compare`` (the comparison page's searches) or ``passthrough``; ``outcome`` is ``ok``, ``bad_request``, ``rejected`` (429, queue full),
   ``timeout``, ``cluster_error`` (the cluster answered an error or could not be reached),
   ``reranker_error`` or ``error``;
 * ``es_rerank_request_seconds{endpoint}``, ``es_rerank_retrieval_seconds``,

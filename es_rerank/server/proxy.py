@@ -4,11 +4,14 @@ Method, raw path and query string, headers (the caller's ``Authorization`` inclu
 added) and body go to the cluster as they came; its status, headers (``X-Elastic-Product``
 included) and body come back as they are, streamed both ways: a large ``_bulk`` is never held
 in memory. Only hop-by-hop headers (``Connection``, ``Transfer-Encoding`` ...) are left to
-each connection, as HTTP requires of a proxy.
+each connection, as HTTP requires of a proxy. A body that stops arriving for
+``serve_body_timeout`` seconds is answered 408 (:func:`body_chunks`), streamed or not: a
+stalled client never holds a connection to the cluster open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import AsyncIterator
@@ -29,12 +32,40 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 _REQUEST_DROP = HOP_BY_HOP | {"host", "expect"}
 
 
+def body_timeout(timeout: float, received: int) -> ApiError:
+    """The 408 for a request body that stopped arriving (the connection is closed after it)."""
+    return ApiError(408, "es_rerank_body_timeout_exception",
+                    f"the request body stopped arriving: no bytes for {timeout:g}s after {received} bytes "
+                    "(ES_RERANK_SERVE_BODY_TIMEOUT)", headers={"Connection": "close"})
+
+
+async def body_chunks(request: Request, timeout: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives, each wait for its next bytes bounded by ``timeout``
+    seconds (as nginx's ``client_body_timeout``: a body may be long, never stalled).
+
+    Raises:
+        ApiError: 408 (:func:`body_timeout`) when no bytes arrive for ``timeout`` seconds.
+    """
+    stream = request.stream().__aiter__()
+    received = 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise body_timeout(timeout, received) from None
+        received += len(chunk)
+        yield chunk
+
+
 class Passthrough:
     """Forwards requests to the cluster at ``settings.url`` (credentials in the URL are dropped).
 
     Args:
-        settings: ``url``, TLS settings and ``request_timeout`` (the longest wait for the
-            cluster's next bytes) are used.
+        settings: ``url``, TLS settings, ``request_timeout`` (the longest wait for the
+            cluster's next bytes) and ``serve_body_timeout`` (the longest wait for the
+            caller's) are used.
     """
 
     def __init__(self, settings: Settings):
@@ -42,6 +73,7 @@ class Passthrough:
         self.base = clean.url.rstrip("/")
         self.safe_url = clean.safe_url
         self.timeout = httpx.Timeout(settings.request_timeout, connect=min(5.0, settings.request_timeout))
+        self.body_timeout = settings.serve_body_timeout
         if not self.base.startswith("https"):
             self.verify: ssl.SSLContext | bool = True
         elif not settings.verify_certs:
@@ -97,7 +129,8 @@ class Passthrough:
         """Forward ``request`` (its body already read into ``body``, or streamed) and stream the answer back.
 
         Raises:
-            ApiError: 502/504 when the cluster cannot be reached or does not answer in time.
+            ApiError: 502/504 when the cluster cannot be reached or does not answer in time; 408
+                when the caller's body stops arriving.
         """
         return await self.relay(request, await self.open(request, body))
 
@@ -116,7 +149,7 @@ class Passthrough:
                 and "transfer-encoding" not in request.headers:
             content = None
         else:
-            content = request.stream()
+            content = body_chunks(request, self.body_timeout)
         return await self.send(request.method, self.url_for(request), headers, content)
 
     async def relay(self, request: Request, upstream: httpx.Response) -> Response:
