@@ -449,7 +449,9 @@ class RerankService:
             spec, page, first.raw, took_ms=(time.perf_counter() - started) * 1000.0,
             total=combine_totals(responses), shards=responses[0].get("_shards") if responses else None,
             timed_out=any(bool(r.get("timed_out")) for r in responses), reranked=second.reranked,
-            inference_id=inference_id, error=second.error, fusion=first.fusion, provenance=plan.to_dict())
+            inference_id=inference_id, error=second.error, fusion=first.fusion,
+            # where each setting came from, for indices with a pipeline (others answer as before)
+            provenance=plan.to_dict() if plan.pipeline is not None else None)
 
     def infer(self, inference_id: str, request: InferenceRequest, *, deadline: float | None = None) -> dict[str, Any]:
         """Answer ``POST /_inference/rerank/{inference_id}``: every input scored against the query."""
