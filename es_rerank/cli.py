@@ -544,30 +544,54 @@ def query_cmd(ctx, text, depth, final_k, mode, fusion, reranker_kind, blend, ble
 
     started = time.perf_counter()
     # everything that can be checked without the cluster or a model is checked first
-    s = _settings(ctx, fusion=fusion, reranker="none" if no_rerank else reranker_kind, blend=blend,
-                  blend_weight=blend_weight, results="chunks" if chunks else None,
+    s = _settings(ctx, fusion=fusion, results="chunks" if chunks else None,
                   allow_reranker_failures=allow_reranker_failures)
-    depth = s.depth if depth is None else depth
-    final_k = s.final_k if final_k is None else final_k
+    kind = "none" if no_rerank else reranker_kind
     validate_query(text)
-    validate_sizes(depth, final_k)
+    validate_sizes(s.depth if depth is None else depth, final_k)
     filters = parse_filters(filter_pairs)
-    reranker = None
-    if s.reranker != "none":
-        reranker = build_reranker(s.reranker, s, normalize=normalize, instructions=instructions)
-    with Searcher(s, reranker=reranker) as searcher:
+    # options given here win over the index's pipeline, which wins over the defaults
+    given = dict(depth=depth, final_k=final_k, blend=blend, blend_weight=blend_weight, reranker=kind)
+    with Searcher(s) as searcher:
         searcher.check_index()
-        loads = searcher.load_models(rerank=reranker is not None)
+        plan = searcher.plan(**given)
+        reranker = None
+        if plan.values["reranker"] != "none":
+            reranker = build_reranker(plan.values["reranker"], plan.settings(s), normalize=normalize,
+                                      instructions=instructions)
+        if plan.warning:
+            _echo(f"warning: {plan.warning}", err=True)
+        loads = {"embedder_s": searcher.load_models(rerank=False)["embedder_s"]}
+        if reranker is not None:
+            from .runtime import timed_load
+
+            loads["reranker_s"] = timed_load(reranker)
         result = searcher.search(text, depth=depth, final_k=final_k, filters=filters, mode=mode,
-                                 rerank=reranker is not None)
+                                 rerank=False if reranker is None else None, reranker=reranker,
+                                 blend=plan.values["blend"], blend_weight=plan.values["blend_weight"])
     load_s = sum(loads.values()) + result.timings.model_load_ms / 1000  # loaded before the search, or in it
+    sources = plan.to_dict()  # the reranker was built here: the plan says where its settings came from
     if as_json:
         data = result.to_dict()
+        data["settings"] = sources
         data["timings"]["model_load_ms"] = round(load_s * 1000, 3)
         data["timings"]["command_ms"] = round((time.perf_counter() - started) * 1000, 3)
         _echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
         return
     _print_result(result, explain=explain, load_s=load_s)
+    if explain:
+        _print_sources(sources)
+
+
+def _print_sources(info: dict) -> None:
+    """Where each pipeline setting came from (``query --explain``)."""
+    p = info.get("pipeline")
+    _echo("\nsettings: " + (f"the index's pipeline is {p['label']} (applied {p['applied']} by {p['how']})"
+                             if p else "the index has no pipeline"))
+    for name, v in info["settings"].items():
+        _echo(f"  {name:<17} {v['value']!s:<40} ({v['source']})")
+    if info.get("model_check"):
+        _echo(f"  model check: {info['model_check']}")
 
 
 def _print_result(result, *, explain: bool, load_s: float) -> None:
@@ -695,6 +719,155 @@ def config_cmd(ctx, as_json):
     _echo("\nlocal cluster (es-rerank cluster):")
     for r in cluster_rows:
         _echo(f"{r.env:<{width}}  {r.value}  ({r.source})")
+
+
+# -- the index's pipeline ------------------------------------------------------------------------
+
+@cli.group("pipeline")
+@shared_options
+def pipeline_group():
+    """The pipeline an index keeps (reranker, depth, blend; or no reranking) and its evidence.
+
+    query, the Searcher client and serve use it for settings left at their defaults.
+    """
+
+
+def _pipeline_text(p) -> list[str]:
+    lines = [p.label(), f"  applied {p.applied or '?'} by {p.how or '?'} (es-rerank {p.version or '?'})"]
+    if p.model_fingerprint:
+        lines.append(f"  model fingerprint {p.model_fingerprint}")
+    ev = p.evidence
+    if ev:
+        q = ev.get("questions") or {}
+        lines.append(f"  chosen on {q.get('queries')} questions of {q.get('data')} ({q.get('split')}), "
+                     f"{q.get('fingerprint', '')[:19]}..., tuned for {ev.get('tuned_for')}"
+                     + (f" with {ev['folds']}-fold cross-validation" if ev.get("folds") else ""))
+        for c in [ev.get("tuned"), *(ev.get("metrics") or {}).values()]:
+            if not c:
+                continue
+            ci = "no interval" if c.get("ci_low") is None else f"CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}"
+            lines.append(f"  {c['metric']:<10} {c['setup_mean']:.4f} vs hybrid {c['baseline_mean']:.4f} "
+                         f"(delta {c['mean_delta']:+.4f}, {ci}; {c['wins']} wins, {c['ties']} ties, "
+                         f"{c['losses']} losses)")
+    else:
+        lines.append("  no evidence recorded (set by hand)")
+    return lines
+
+
+@pipeline_group.command("show")
+@shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_fail_cleanly
+def pipeline_show(ctx, as_json):
+    """Show the pipeline the index --index uses, with its evidence."""
+    from .engines import open_engine
+    from .pipelines import read
+
+    s = _settings(ctx)
+    with open_engine(s) as engine:
+        stored = read(engine, s.index)
+    if as_json:
+        data = stored.to_dict()
+        del data["history"]
+        _echo(json.dumps(data, indent=2))
+        return
+    if stored.pipeline is None:
+        _echo(f"{s.index} ({stored.index}) has no pipeline: searches use the settings "
+              "(`es-rerank tune --apply` or `es-rerank pipeline set` records one)")
+        return
+    _echo(f"{s.index} ({stored.index}):")
+    for line in _pipeline_text(stored.pipeline):
+        _echo(line)
+
+
+@pipeline_group.command("history")
+@shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_fail_cleanly
+def pipeline_history(ctx, as_json):
+    """List the index's pipeline and the previous ones, newest first."""
+    from .engines import open_engine
+    from .pipelines import read
+
+    s = _settings(ctx)
+    with open_engine(s) as engine:
+        stored = read(engine, s.index)
+    if as_json:
+        _echo(json.dumps(stored.to_dict(), indent=2))
+        return
+    entries = ([("in use", stored.pipeline)] if stored.pipeline is not None else []) + \
+        [(f"-{i}", p) for i, p in enumerate(stored.history, start=1)]
+    if not entries:
+        _echo(f"{s.index} has no pipeline and no history")
+    for tag, p in entries:
+        lines = _pipeline_text(p)
+        _echo(f"{tag:>7}  {lines[0]}")
+        for line in lines[1:]:
+            _echo(f"         {line.strip()}")
+
+
+def _apply_pipeline(engine, name: str, pipeline, *, force: bool) -> None:
+    """Write ``pipeline`` to ``name`` unless its evidence says it is worse than hybrid (and not forced)."""
+    from .evaluate.tuning import worse_than_hybrid
+    from .pipelines import apply
+
+    worse = worse_than_hybrid(pipeline.evidence or {})
+    if worse and not force:
+        raise click.ClickException(_clean(
+            f"not applied: {pipeline.label()} is worse than hybrid on these questions: {'; '.join(worse)} (the "
+            f"interval lies below 0). {name} keeps its pipeline. Add --force to apply it anyway"))
+    stored = apply(engine, name, pipeline)
+    note = " despite being worse than hybrid (--force)" if worse else ""
+    _echo(f"applied to {name} ({stored.index}){note}: {pipeline.label()}")
+    if stored.history:
+        _echo(f"previous: {stored.history[0].label()} (`es-rerank pipeline rollback` restores it)")
+
+
+@pipeline_group.command("set")
+@shared_options
+@setting_option("reranker", "--reranker", "reranker_kind")
+@setting_option("reranker_backend", "--backend")
+@setting_option("depth", "--depth")
+@setting_option("final_k", "--final-k")
+@setting_option("blend", "--blend")
+@setting_option("blend_weight", "--blend-weight")
+@click.pass_context
+@_fail_cleanly
+def pipeline_set(ctx, reranker_kind, reranker_backend, depth, final_k, blend, blend_weight):
+    """Record a pipeline by hand (no evidence): what is not given comes from the settings.
+
+    The reranker model is --reranker-model (or ES_RERANK_RERANKER_MODEL); a folder is fingerprinted.
+    """
+    from .engines import open_engine
+    from .pipelines import make
+
+    s = _settings(ctx, reranker=reranker_kind, reranker_backend=reranker_backend, blend=blend,
+                  blend_weight=blend_weight)
+    kind = s.reranker
+    pipeline = make(reranker=kind, model=_model_of(s, kind) if kind != "none" else None,
+                    backend=s.reranker_backend if kind == "cross-encoder" else None,
+                    depth=s.depth if depth is None else depth, final_k=final_k, blend=s.blend,
+                    blend_weight=s.blend_weight, how="set")
+    with open_engine(s) as engine:
+        _apply_pipeline(engine, s.index, pipeline, force=False)
+
+
+@pipeline_group.command("rollback")
+@shared_options
+@click.pass_context
+@_fail_cleanly
+def pipeline_rollback(ctx):
+    """Restore the previous pipeline (from the first one: no pipeline, the settings decide)."""
+    from .engines import open_engine
+    from .pipelines import rollback
+
+    s = _settings(ctx)
+    with open_engine(s) as engine:
+        stored = rollback(engine, s.index)
+    _echo(f"{s.index} now uses " + (stored.pipeline.label() if stored.pipeline is not None
+                                    else "no pipeline (the settings decide)"))
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -964,10 +1137,17 @@ def _tune_split(data_dir: str, split: str | None, folds: int | None) -> tuple[st
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write results.json, results.md and report.html here.")
 @click.option("--progress/--no-progress", default=True, help="Show progress on stderr.")
+@click.option("--blends", default="none,rrf,linear", help="Comma-separated blends to try (none, rrf, linear).")
+@click.option("--apply", "apply_what", type=click.Choice(["recommended", "best"]), default=None, is_flag=False,
+              flag_value="recommended",
+              help="Record the choice as the pipeline of --index: `recommended` (the advice; hybrid when "
+                   "reranking does not help) or `best` (the best reranked cell).")
+@click.option("--force", is_flag=True, help="With --apply: apply even a pipeline whose interval says it is worse "
+                                            "than hybrid.")
 @click.pass_context
 @_fail_cleanly
 def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instructions, fusion, exclude_self,
-             latency_queries, seed, reindex, max_queries, out_dir, progress):
+             latency_queries, seed, reindex, max_queries, out_dir, progress, blends, apply_what, force):
     """Choose depth, blend and reranker on judged queries, or learn that reranking does not help.
 
     Tries every depth x blend (none, rrf, linear with alpha 0.1..0.9) x reranker from one
@@ -987,7 +1167,18 @@ def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instru
         tune_depths(_parse_depths(depths), metric)
     except EsRerankError as e:
         raise click.BadParameter(str(e), param_hint="--metric / --depths") from None
+    blend_list = [b.strip() for b in blends.split(",") if b.strip()]
+    from .evaluate.tune import BLENDS as TUNE_BLENDS
+    if not blend_list or any(b not in TUNE_BLENDS for b in blend_list):
+        raise click.BadParameter(f"blends must be some of {', '.join(TUNE_BLENDS)}, got {blends!r}",
+                                 param_hint="--blends")
     base = _settings(ctx)
+    if apply_what is not None:
+        from .engines import open_engine
+        from .pipelines import read
+
+        with open_engine(base) as engine:
+            read(engine, base.index)  # the index to apply to exists and is ours: check before the long run
     names = list(reranker_names) if reranker_names else [base.reranker]
     if names == ["none"]:
         raise click.BadParameter("the configured reranker is none: name one or more with --reranker",
@@ -1002,7 +1193,7 @@ def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instru
         try:
             report = run_tune(searcher, data, rerankers=rerankers, metric=metric, depths=_parse_depths(depths),
                               folds=folds, fusion=fusion, max_queries=max_queries, exclude_own=exclude_self,
-                              latency_queries=latency_queries, seed=seed, on_query=update)
+                              latency_queries=latency_queries, seed=seed, on_query=update, blends=blend_list)
         finally:
             bar.close()
     report = _record(report, prepared, started,
@@ -1023,6 +1214,21 @@ def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instru
     _echo("\n" + _wall_line(report, prepared))
     if out_dir:
         _write(write_tune(report, Path(out_dir)))
+    if apply_what is not None:
+        from .engines import open_engine
+        from .evaluate.tuning import pipeline_evidence
+        from .pipelines import make
+
+        setting = rec.setting if apply_what == "recommended" else report.chosen
+        kind = setting.reranker
+        pipeline = make(reranker=kind, model=None if setting.is_baseline else _model_of(s, kind),
+                        backend=s.reranker_backend if kind == "cross-encoder" else None,
+                        depth=None if setting.is_baseline else setting.depth, blend=setting.blend,
+                        blend_weight=setting.alpha, evidence=pipeline_evidence(report, setting, seed=seed),
+                        how="tune")
+        _echo("")
+        with open_engine(base) as engine:
+            _apply_pipeline(engine, base.index, pipeline, force=force)
 
 
 # -- export -------------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ from .config import SEARCH_MODES, Settings
 from .embedding import Embedder, build_embedder
 from .engines import Engine, FieldInfo, open_engine
 from .engines.base import SOURCE_FIELDS
-from .errors import RerankerError, ValidationError
+from .errors import ClusterError, ConfigError, IndexMissingError, RerankerError, ValidationError
+from .pipelines import NO_RERANKING, Pipeline, Resolved, check_model, of_state
+from .pipelines import resolve as resolve_pipeline
 from .ranking import check_blend, collapse, fallback_count
 from .ranking import rerank as order_and_blend
 from .rerankers import BaseReranker, Reranker, as_reranker, build_reranker
@@ -120,6 +122,11 @@ class Searcher:
         reranker: Any object with ``name`` and ``score(query, texts)``. Defaults to
             ``settings.reranker`` (built on first use).
 
+    The index's pipeline (:mod:`es_rerank.pipelines`, written by ``es-rerank tune --apply`` or
+    ``es-rerank pipeline set``) supplies reranker, model, backend, depth, final_k and blend for
+    settings left at their defaults (``settings.use_pipeline``); arguments of :meth:`search` and
+    settings given explicitly win. ``SearchResult.settings`` says where each came from.
+
     Example:
         >>> with Searcher(Settings(index="help-centre")) as s:                 # doctest: +SKIP
         ...     s.search("refund for a double charge", final_k=3).hits[0].title
@@ -138,6 +145,8 @@ class Searcher:
         self._max_window: int | None = None
         self._fields: FieldInfo | None = None
         self._index_checked = False
+        self._pipeline: tuple[Pipeline | None] | None = None
+        self._built: dict[tuple[str, str, str], BaseReranker] = {}
         self._lock = threading.RLock()
 
     @classmethod
@@ -163,6 +172,10 @@ class Searcher:
             pool.shutdown(wait=False, cancel_futures=True)
         if self._own_reranker and self._reranker is not None:
             self._reranker.close()
+        with self._lock:
+            built, self._built = list(self._built.values()), {}
+        for r in built:
+            r.close()
         if self._own_engine and self._engine is not None:
             self._engine.close()
 
@@ -182,12 +195,58 @@ class Searcher:
 
     @property
     def reranker(self) -> BaseReranker | None:
-        """The reranker (built from ``settings.reranker`` on first use); None when that is ``none``."""
-        if self._reranker is None and self.settings.reranker != "none":
-            with self._lock:
-                if self._reranker is None:
-                    self._reranker = build_reranker(self.settings.reranker, self.settings)
-        return self._reranker
+        """The reranker searches use by default: the one given, else the one the settings and the
+        index's pipeline name (built on first use); None for no reranking."""
+        if not self._own_reranker:
+            return self._reranker
+        return self._reranker_for(self.plan())
+
+    def _reranker_for(self, plan: Resolved) -> BaseReranker | None:
+        """The reranker of a resolved plan, built once per (kind, model, backend)."""
+        kind = plan.values["reranker"]
+        if kind == NO_RERANKING:
+            return None
+        key = (kind, plan.values["reranker_model"], plan.values["reranker_backend"])
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build_reranker(kind, plan.settings(self.settings))
+            return self._built[key]
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The index's pipeline (read once), or None: none recorded, ``use_pipeline`` off, or unreadable."""
+        if self._pipeline is None:
+            found = None
+            if self.settings.use_pipeline:
+                try:
+                    found = of_state(self.engine.state(self.settings.index))
+                except IndexMissingError:
+                    found = None  # check_index says so
+                except ClusterError as e:
+                    if e.status != 403:
+                        raise
+                    logger.info("may not read the metadata of %s: its pipeline is not used", self.settings.index)
+            self._pipeline = (found,)
+        return self._pipeline[0]
+
+    def plan(self, **call: Any) -> Resolved:
+        """The pipeline settings a search runs with, each with its source (see :func:`es_rerank.pipelines.resolve`).
+
+        Args:
+            **call: Values given for this search (``depth``, ``final_k``, ``blend``, ``blend_weight``,
+                ``reranker``, ``reranker_model``, ``reranker_backend``); None means not given.
+
+        Raises:
+            ModelError: The pipeline's model folder changed and ``pipeline_model_check`` is ``refuse``.
+        """
+        resolved = resolve_pipeline(self.settings, self.pipeline, call)
+        if not self._own_reranker and call.get("reranker") is None:
+            given = self._reranker.name if self._reranker is not None else NO_RERANKING
+            resolved = Resolved({**resolved.values, "reranker": given, "reranker_model": None},
+                                {**resolved.sources, "reranker": "argument", "reranker_model": "argument"},
+                                resolved.pipeline)
+            return resolved
+        return check_model(resolved, self.settings.pipeline_model_check)
 
     def load_models(self, *, rerank: bool = True) -> dict[str, float]:
         """Load the embedder (and the reranker) now; returns the seconds each took.
@@ -364,25 +423,32 @@ class Searcher:
         filters: Mapping[str, Any] | None = None,
         mode: str = "hybrid",
         fusion: str | None = None,
-        rerank: bool = True,
+        rerank: bool | None = None,
         blend: str | None = None,
         blend_weight: float | None = None,
         results: str | None = None,
+        reranker: Reranker | None = None,
     ) -> SearchResult:
         """Retrieve ``depth`` candidates, rerank them, return the best ``final_k``.
 
         Args:
             query: The user's question (plain text; never parsed as query syntax).
-            depth: Candidates to retrieve and rerank. Defaults to ``settings.depth`` (50).
-            final_k: Results to return. Defaults to ``settings.final_k`` (5).
+            depth: Candidates to retrieve and rerank. Defaults to the index's pipeline, else
+                ``settings.depth`` (50).
+            final_k: Results to return. Defaults to the pipeline's, else ``settings.final_k`` (5).
             filters: Exact-match, any-of and range filters on ``title``, ``doc_id`` or
                 metadata fields, applied to both retrievers. Defaults to none.
             mode: ``hybrid`` (default), ``bm25`` or ``knn``.
             fusion: ``auto``, ``server`` or ``client``. Defaults to ``settings.fusion``.
-            rerank: False returns the retrieval order (no model runs). Defaults to True.
-            blend: ``none`` (rerank order), ``rrf`` or ``linear``. Defaults to ``settings.blend``.
-            blend_weight: Reranker weight of a ``linear`` blend. Defaults to ``settings.blend_weight``.
+            rerank: False returns the retrieval order (no model runs); True reranks even where the
+                pipeline says not to (with the configured reranker). Defaults to the pipeline, else
+                the settings.
+            blend: ``none`` (rerank order), ``rrf`` or ``linear``. Defaults to the pipeline's, else
+                ``settings.blend``.
+            blend_weight: Reranker weight of a ``linear`` blend. Defaults likewise.
             results: ``documents`` (one per document; default) or ``chunks``.
+            reranker: A reranker for this search only. Defaults to the searcher's (given, or named
+                by the settings and the pipeline).
 
         Returns:
             A :class:`SearchResult` whose hits carry retrieval and rerank scores and ranks.
@@ -392,20 +458,37 @@ class Searcher:
                 beyond the index's ``max_result_window``, an unknown filter field.
             IndexMissingError: The index does not exist.
             ClusterError: The cluster is unreachable or too slow.
+            ModelError: The pipeline's model folder changed and ``pipeline_model_check`` is ``refuse``.
             RerankerError: The reranker failed to load, to score, or in time, and
                 ``settings.allow_reranker_failures`` is off (when on, the retrieval order
                 comes back with ``reranked=False`` and ``rerank_error`` saying why).
         """
-        depth = self.settings.depth if depth is None else depth
-        final_k = self.settings.final_k if final_k is None else final_k
         started = time.perf_counter()
         query = validate_query(query)
+        kind = None
+        if rerank is False:
+            kind = NO_RERANKING
+        elif reranker is not None or rerank is True:
+            kind = "cross-encoder" if self.settings.reranker == NO_RERANKING else self.settings.reranker
+        plan = self.plan(depth=depth, final_k=final_k, blend=blend, blend_weight=blend_weight, reranker=kind)
+        if reranker is not None:
+            plan = Resolved({**plan.values, "reranker": as_reranker(reranker).name, "reranker_model": None},
+                            {**plan.sources, "reranker": "argument", "reranker_model": "argument"}, plan.pipeline)
+            chosen: BaseReranker | None = as_reranker(reranker)
+        elif rerank is False:
+            chosen = None
+        elif not self._own_reranker:
+            chosen = self._reranker
+        else:
+            chosen = self._reranker_for(plan)
+        depth, final_k = plan.values["depth"], plan.values["final_k"]
+        blend, blend_weight = plan.values["blend"], plan.values["blend_weight"]
         validate_sizes(depth, final_k)
         embedder_load_ms = _ms(timed_load(self.embedder))  # else the first search's embed_ms would hold it
         self.check_index()
         self._check_depth(depth)
         first = self.retrieve(query, depth=depth, mode=mode, filters=filters, fusion=fusion)
-        second = self.rerank(query, first.hits, final_k=final_k, reranker=True if rerank else None, blend=blend,
+        second = self.rerank(query, first.hits, final_k=final_k, reranker=chosen, blend=blend,
                              blend_weight=blend_weight, results=results)
         t = first.timings
         return SearchResult(
@@ -421,4 +504,5 @@ class Searcher:
                             model_load_ms=embedder_load_ms + second.load_ms),
             rerank_error=second.error,
             usage=second.usage,
+            settings=plan.to_dict(),
         )

@@ -34,6 +34,7 @@ EMBEDDING_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8", "torch")
 BLENDS = ("none", "rrf", "linear")
 RESULT_UNITS = ("documents", "chunks")
 LLM_APIS = ("chat", "completions")
+PIPELINE_MODEL_CHECKS = ("warn", "refuse")
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -136,6 +137,12 @@ class Settings:
     embedding_backend: str = _setting("onnx", "ES_RERANK_EMBEDDING_BACKEND",
                                       "embedder runtime: `onnx`, `onnx-int8`, `openvino`, `openvino-int8` or `torch`",
                                       choices=EMBEDDING_BACKENDS)
+    use_pipeline: bool = _setting(True, "ES_RERANK_USE_PIPELINE",
+                                  "use the index's pipeline (`es-rerank pipeline show`) for settings left at their "
+                                  "defaults")
+    pipeline_model_check: str = _setting("warn", "ES_RERANK_PIPELINE_MODEL_CHECK",
+                                         "when the pipeline's model folder no longer matches its recorded "
+                                         "fingerprint: `warn` or `refuse`", choices=PIPELINE_MODEL_CHECKS)
     rerank_cache_size: int = _setting(10_000, "ES_RERANK_RERANK_CACHE_SIZE",
                                       "(query, chunk) cross-encoder scores remembered; `0` turns the cache off")
     allow_reranker_failures: bool = _setting(False, "ES_RERANK_ALLOW_RERANKER_FAILURES",

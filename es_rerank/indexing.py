@@ -30,6 +30,7 @@ from .errors import (BuildRejectedError, ClusterError, ConfigError, EsRerankErro
 from .leases import held
 from .lifecycle import (BUILDING, READY, SWITCHED, UNKNOWN, Target, build_body, create_build, delete_unserved,
                         drop_leftovers, marker, plan_target, set_state, swap, swap_outcome, uncertain_message)
+from .pipelines import carried
 from .types import Document, Rejection, passage_text
 
 logger = logging.getLogger(__name__)
@@ -527,7 +528,8 @@ class _Build:
                       chunk_tokens=s.chunk_tokens, chunk_overlap=s.chunk_overlap, analyzer=analyzer,
                       fingerprint=fingerprint, extra={"shards": s.shards, "replicas": s.replicas,
                                                       "hnsw_m": s.hnsw_m,
-                                                      "hnsw_ef_construction": s.hnsw_ef_construction})
+                                                      "hnsw_ef_construction": s.hnsw_ef_construction,
+                                                      **carried(self.target.marker)})
         body = engine.index_body(self.embedder.dimensions, analyzer=analyzer, hnsw_m=s.hnsw_m,
                                  hnsw_ef_construction=s.hnsw_ef_construction)
         # Bulk-load with refresh off and no replicas: fewer, larger segments, less HNSW building on

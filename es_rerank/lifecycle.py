@@ -120,7 +120,7 @@ class Target:
         index: The concrete index written.
         build: True for a new index to be swapped in at the end; False to write into a serving one.
         replaces: Concrete indices the alias swap removes (es-rerank's own, checked).
-        marker: The target's marker (a serving index's), for consistency checks.
+        marker: The serving index's marker: for consistency checks, and (a rebuild) what the build carries over.
         through_alias: Write through ``alias`` (True) or the concrete ``index`` (a legacy index named directly).
     """
 
@@ -153,7 +153,9 @@ def plan_target(engine: Engine, alias: str, *, recreate: bool) -> Target:
     require_owned(state)
     if recreate:
         require_sole_alias(state, action="replacing it")
-        return Target(alias, new_index_name(alias), True, replaces=state.indices)
+        # the serving marker travels to the build (its pipeline moves with the alias swap)
+        served = state.marker(state.indices[0]) if len(state.indices) == 1 else None
+        return Target(alias, new_index_name(alias), True, replaces=state.indices, marker=served)
     if len(state.indices) != 1:
         raise NotOwnedError(alias, f"alias {alias!r} points at {len(state.indices)} indices "
                                    f"({', '.join(state.indices)}); index with --recreate to replace them with one")

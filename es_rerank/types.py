@@ -163,6 +163,8 @@ class SearchResult:
         timings: Per-stage milliseconds.
         rerank_error: Why reranking failed, when failures were allowed; else None.
         usage: LLM rerankers: requests, prompt/completion tokens and fallbacks of this search.
+        settings: The pipeline settings used, each with its source (``argument``, ``environment``,
+            ``settings``, ``pipeline``, ``default``), the index's pipeline and the model check.
     """
 
     query: str
@@ -175,6 +177,7 @@ class SearchResult:
     timings: Timings
     rerank_error: str | None = None
     usage: Usage | None = None
+    settings: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -188,6 +191,7 @@ class SearchResult:
             "candidates": self.candidates,
             "timings": self.timings.to_dict(),
             "hits": [h.to_dict() for h in self.hits],
+            "settings": None if self.settings is None else dict(self.settings),
         }
 
 
@@ -242,6 +246,8 @@ class Rrf:
     children: tuple["Standard | Knn | Rrf", ...]
     rank_constant: int = DEFAULT_RANK_CONSTANT
     window: int = DEFAULT_WINDOW
+    # no rank_window_size of its own: it follows its parent's window (an index pipeline's depth)
+    inherited: bool = field(default=False, compare=False)
 
 
 Node = Union[Standard, Knn, Rrf]

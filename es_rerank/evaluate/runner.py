@@ -16,6 +16,8 @@ the same quality numbers every time. Reranking goes through
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import logging
 import os
 import platform

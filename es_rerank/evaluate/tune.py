@@ -124,13 +124,21 @@ class Setting:
                 "label": self.label()}
 
 
-def grid(depths: Sequence[int], rerankers: Sequence[str], *, alphas: Sequence[float] = DEFAULT_ALPHAS) -> list[Setting]:
+BLENDS = ("none", "rrf", "linear")
+
+
+def grid(depths: Sequence[int], rerankers: Sequence[str], *, alphas: Sequence[float] = DEFAULT_ALPHAS,
+         blends: Sequence[str] = BLENDS) -> list[Setting]:
     """Every reranked cell, in a fixed order: reranker, then depth, then none, rrf, linear by alpha.
+
+    ``blends`` keeps only some blends (all three by default).
 
     Raises:
         ValidationError: No depth or reranker, a depth < 1, a reranker named ``none``,
-            duplicates, or an alpha outside [0, 1].
+            duplicates, an alpha outside [0, 1], or an unknown or no blend.
     """
+    if not blends or any(b not in BLENDS for b in blends):
+        raise ValidationError(f"blends must be some of {', '.join(BLENDS)}, got {list(blends)}")
     if not depths or not rerankers:
         raise ValidationError(f"tune needs at least one depth and one reranker, got depths={list(depths)} "
                               f"rerankers={list(rerankers)}")
@@ -148,8 +156,9 @@ def grid(depths: Sequence[int], rerankers: Sequence[str], *, alphas: Sequence[fl
     cells = []
     for name in rerankers:
         for d in sorted(depths):
-            cells += [Setting(name, d, "none"), Setting(name, d, "rrf")]
-            cells += [Setting(name, d, "linear", float(a)) for a in alphas]
+            cells += [Setting(name, d, b) for b in ("none", "rrf") if b in blends]
+            if "linear" in blends:
+                cells += [Setting(name, d, "linear", float(a)) for a in alphas]
     return cells
 
 
@@ -273,6 +282,7 @@ def evaluate_grid(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     max_depth: int | None = None,
     rank_constant: int = DEFAULT_RANK_CONSTANT,
+    blends: Sequence[str] = BLENDS,
 ) -> Grid:
     """Score every cell of the grid, and the hybrid baseline, on every query.
 
@@ -289,6 +299,7 @@ def evaluate_grid(
         max_depth: The depth the candidates were retrieved at. Defaults to the longest
             candidate list.
         rank_constant: k of the ``rrf`` blend. Defaults to 60.
+        blends: The blends to try. Defaults to all (none, rrf, linear).
 
     Returns:
         The :class:`Grid` of per-query values.
@@ -309,7 +320,7 @@ def evaluate_grid(
     kept = sorted(d for d in set(depths) if d <= max_depth)
     if not kept:
         raise ValidationError(f"no depth of {sorted(depths)} is <= the candidates' depth {max_depth}")
-    cells = grid(kept, list(scores), alphas=alphas)
+    cells = grid(kept, list(scores), alphas=alphas, blends=blends)
     baseline = Setting(NO_RERANKER, max_depth)
     by_cell: dict[tuple[str, int], list[Setting]] = {}
     for s in cells:

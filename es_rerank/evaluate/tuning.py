@@ -4,6 +4,9 @@ reranker from that one pass (the selection itself is pure: :mod:`es_rerank.evalu
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
+import json
 import logging
 import math
 import time
@@ -12,15 +15,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..client import Searcher
 from ..errors import RerankerError, ValidationError
-from ..ranking import DEFAULT_ALPHA
+from ..ranking import DEFAULT_ALPHA, collapse
 from ..rerankers import Reranker
 from ..types import Hit
 from .data import BeirData, own_document_rule
-from .metrics import percentiles
+from .metrics import doc_scores, per_query, percentiles
 from .runner import PRIMARY_METRIC, environment, query_ids, retrieve_candidates, warm_up
-from .stats import DEFAULT_SEED, PairedComparison
-from .tune import (DEFAULT_ALPHAS, DEFAULT_DEPTHS, Grid, KFoldResult, Recommendation, Setting, TuneResult, check_metric,
-                   cross_validate, evaluate_grid, select)
+from .stats import DEFAULT_SEED, PairedComparison, paired_comparison
+from .tune import (BLENDS, DEFAULT_ALPHAS, DEFAULT_DEPTHS, Grid, KFoldResult, Recommendation, Setting, TuneResult,
+                   apply_setting, check_metric, cross_validate, evaluate_grid, select)
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +173,7 @@ def run_tune(
     latency_queries: int = 20,
     seed: int = DEFAULT_SEED,
     on_query: Callable[[int, int], None] | None = None,
+    blends: Sequence[str] = BLENDS,
 ) -> TuneReport:
     """Choose depth, blend and reranker from one deep rerank pass, or advise keeping hybrid.
 
@@ -197,6 +201,7 @@ def run_tune(
             from the deep pass). Defaults to 20.
         seed: Seed of the folds and of the bootstrap. Defaults to 0.
         on_query: Progress callback ``(done, total)`` over the deep pass.
+        blends: The blends to try. Defaults to none, rrf and linear.
 
     Raises:
         ValidationError: Bad metric, depths, folds or arguments.
@@ -242,7 +247,7 @@ def run_tune(
     qrels = {q: data.qrels[q] for q in qids}
     t0 = time.perf_counter()
     g = evaluate_grid(candidates, scores, qrels, metric=metric, depths=kept, alphas=alphas, max_depth=max_depth,
-                      rank_constant=s.rank_constant)
+                      rank_constant=s.rank_constant, blends=blends)
     result = select(g, seed=seed)
     kfold = cross_validate(g, k=folds, seed=seed) if folds is not None else None
     grid_s = time.perf_counter() - t0
@@ -270,3 +275,62 @@ def run_tune(
         tuple(float(a) for a in alphas), result, kfold, recommendation, latency, deep_pass, timings,
         rule.to_dict(found), environment(searcher, fusion=fusion or s.fusion), time.perf_counter() - started,
         TuneDetails({q: data.queries[q] for q in qids}, qrels, g, candidates, scores, s.rank_constant))
+
+
+# -- the pipeline a tuning run recommends ------------------------------------------------------------
+
+EVIDENCE_METRICS = ("ndcg@10", "recall@10")
+"""What a pipeline's evidence reports against hybrid, whatever the run was tuned for."""
+
+
+def question_fingerprint(texts: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> str:
+    """``sha256:<hex>`` of a question set: the query texts and their judgments, in id order."""
+    h = hashlib.sha256()
+    for qid in sorted(texts):
+        h.update(json.dumps([qid, texts[qid], sorted((qrels.get(qid) or {}).items())]).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def pipeline_evidence(report: TuneReport, setting: Setting, *, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """What ``setting`` was chosen on: the question set, and its paired comparisons with hybrid.
+
+    ``tuned`` is the comparison the advice rests on (held out across folds when there were
+    folds) and is given only for the best cell; ``metrics`` holds nDCG@10 and recall@10 of
+    ``setting`` against hybrid on the tuning queries (the same candidates and scores).
+
+    Raises:
+        ValidationError: The report has no per-query details (one read back from results.json).
+    """
+    d = report.details
+    if d is None:
+        raise ValidationError("this tuning report has no per-query details; run tune again to apply its choice")
+    hybrid, chosen = {}, {}
+    for qid, hits in d.candidates.items():
+        hybrid[qid] = doc_scores(hits)
+        scores = None if setting.is_baseline else d.scores[setting.reranker][qid]
+        chosen[qid] = doc_scores(collapse(apply_setting(hits, scores, setting, rank_constant=d.rank_constant)))
+    metrics = {}
+    for m in EVIDENCE_METRICS:
+        metrics[m] = paired_comparison(per_query(d.qrels, hybrid, m), per_query(d.qrels, chosen, m), metric=m,
+                                       seed=seed).to_dict(with_deltas=False)
+    tuned = report.comparison.to_dict(with_deltas=False) if setting == report.chosen else None
+    return {
+        "questions": {"data": report.data, "split": report.split, "queries": report.queries,
+                      "fingerprint": question_fingerprint(d.texts, d.qrels)},
+        "setting": setting.label(), "tuned_for": report.metric, "folds": report.folds,
+        "held_out": report.folds is not None, "tuned": tuned, "metrics": metrics,
+        # what the best reranked cell did, when something else (hybrid) is applied
+        "best_tried": None if setting == report.chosen else {
+            "setting": report.chosen.label(), **report.comparison.to_dict(with_deltas=False)},
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def worse_than_hybrid(evidence: Mapping[str, Any]) -> list[str]:
+    """The comparisons of ``evidence`` whose interval lies wholly below 0 (each as one sentence)."""
+    out = []
+    for c in [evidence.get("tuned"), *(evidence.get("metrics") or {}).values()]:
+        if c and c.get("excludes_zero") and c.get("mean_delta", 0) < 0:
+            out.append(f"{c['metric']} {c['setup_mean']:.4f} vs hybrid {c['baseline_mean']:.4f}, delta "
+                       f"{c['mean_delta']:+.4f} ({c['confidence']:.0%} CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f})")
+    return out

@@ -177,7 +177,7 @@ def explanation(hit: Hit, *, reranked: bool, inference_id: str) -> dict[str, Any
 def search_response(spec: RerankSearch, hits: Sequence[Hit], raw: Mapping[str, Mapping[str, Any]], *,
                     took_ms: float, total: Mapping[str, Any] | None, shards: Mapping[str, Any] | None,
                     timed_out: bool, reranked: bool, inference_id: str, error: str | None = None,
-                    fusion: str | None = None) -> dict[str, Any]:
+                    fusion: str | None = None, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Elasticsearch's ``_search`` response for reranked hits (already cut to ``from``/``size``).
 
     ``_score`` is the score the hits are ordered by: the rerank score (or the blend of
@@ -212,6 +212,8 @@ def search_response(spec: RerankSearch, hits: Sequence[Hit], raw: Mapping[str, M
     }
     if error is not None:
         body["es_rerank"]["error"] = error
+    if provenance is not None:  # settings and where each came from, the index's pipeline, the model check
+        body["es_rerank"].update(provenance)
     return body
 
 

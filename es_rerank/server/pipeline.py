@@ -29,15 +29,17 @@ from ..config import EMBEDDING_BACKENDS, Settings
 from ..embedding import Embedder, ModelEmbedder, build_embedder
 from ..engines import Engine, IndexState, open_engine
 from ..engines.base import SOURCE_FIELDS, validate_index_name
-from ..errors import ClusterError, ValidationError
+from ..errors import ClusterError, ModelError, ValidationError
+from ..pipelines import NO_RERANKING, Resolved, check_model, of_state
+from ..pipelines import resolve as resolve_pipeline
 from ..rerankers import KINDS, BaseReranker, Reranker, Scored, as_reranker, build_reranker
 from ..retrieval import Plan, Retrieved, resolve, run
 from ..runtime import timed_load
 from .batching import BatchedReranker, PairBatcher
-from .errors import bad_request
+from .errors import ApiError, bad_request
 from .metrics import Metrics
 from .answers import combine_totals, field_hits, inference_response, search_response, source_request
-from .translate import InferenceRequest, RerankSearch
+from .translate import InferenceRequest, RerankSearch, with_window
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ class RerankService:
     def scorer(self, inference_id: str, *, deadline: float | None = None) -> BaseReranker:
         """The reranker one request scores with: the shared batcher for the cross-encoder when
         batching is on, else the reranker itself (LLM rerankers: one call per request)."""
-        if inference_id in BATCHED and self.batch_wait_ms > 0:
+        if inference_id.split("@", 1)[0] in BATCHED and self.batch_wait_ms > 0:
             inner: BaseReranker = BatchedReranker(self._batcher(inference_id), deadline=deadline)
         else:
             inner = self.reranker(inference_id)
@@ -297,6 +299,55 @@ class RerankService:
         read = None if es_index else functools.partial(field_hits, field_name=spec.field)
         return run(self.engine, plan, window=spec.window, headers=headers, read=read)
 
+    # -- the index's pipeline -------------------------------------------------------------------------------
+
+    def plan(self, spec: RerankSearch, state: IndexState | None) -> tuple[RerankSearch, Resolved, str | None]:
+        """What a request leaves out, from the index's pipeline: ``(spec, plan, scorer key)``.
+
+        The request's own ``inference_id``, ``rank_window_size`` and ``size`` win; then the
+        server's settings given explicitly; then the pipeline (:mod:`es_rerank.pipelines`). The
+        key names the reranker to score with (None: the pipeline says not to rerank).
+
+        Raises:
+            ApiError: 500 when the pipeline's model folder changed and ``pipeline_model_check`` is
+                ``refuse``; 400 when ``from + size`` exceeds the pipeline's depth.
+        """
+        pipeline = of_state(state) if self.settings.use_pipeline and is_es_rerank(state) else None
+        given = spec.given
+        call = {"reranker": spec.inference_id if "inference_id" in given else None,
+                "depth": spec.window if "rank_window_size" in given else None,
+                "final_k": spec.size if "size" in given else None}
+        if call["reranker"] is None and self.settings.reranker == NO_RERANKING and pipeline is None:
+            self.resolve_id(None)  # raises the usual 400: no reranker named, none configured
+        plan = resolve_pipeline(self.settings, pipeline, call)
+        try:
+            plan = check_model(plan, self.settings.pipeline_model_check)
+        except ModelError as e:
+            raise ApiError(500, "es_rerank_pipeline_model_exception", str(e)) from None
+        values, sources = dict(plan.values), dict(plan.sources)
+        if sources["depth"] == "pipeline" or sources["final_k"] == "pipeline":
+            window = min(values["depth"], self.settings.serve_max_window) if sources["depth"] == "pipeline" \
+                else spec.window
+            spec = with_window(spec, window, values["final_k"] if sources["final_k"] == "pipeline" else None)
+        # what serve does with the request's sizes: the window is the depth, the page size final_k
+        for name, value, key in (("depth", spec.window, "rank_window_size"), ("final_k", spec.size, "size")):
+            if sources[name] != "pipeline":
+                values[name], sources[name] = value, "argument" if key in given else "default"
+        plan = Resolved(values, sources, plan.pipeline, plan.model_check, plan.warning)
+        kind = values["reranker"]
+        if kind == NO_RERANKING:
+            return spec, plan, None
+        if sources["reranker"] == "argument" or (values["reranker_model"], values["reranker_backend"]) == \
+                (self.settings.reranker_model, self.settings.reranker_backend) or kind not in KINDS:
+            return spec, plan, kind
+        key = f"{kind}@{values['reranker_model']}@{values['reranker_backend']}"
+        with self._lock:
+            if key not in self._rerankers:
+                logger.info("the index's pipeline names %s (%s): loading that reranker", values["reranker_model"],
+                            values["reranker_backend"])
+                self._rerankers[key] = build_reranker(kind, plan.settings(self.settings))
+        return spec, plan, key
+
     # -- requests ---------------------------------------------------------------------------------------
 
     def search(self, spec: RerankSearch, index: str | None, headers: Mapping[str, str], *,
@@ -316,9 +367,10 @@ class RerankService:
             ApiError, ClusterError, IndexMissingError, RerankerError, TimeoutError.
         """
         started = time.perf_counter()
-        inference_id = self.resolve_id(spec.inference_id)
         headers = caller_headers(headers)
         state = self.index_state(index, headers)
+        spec, plan, key = self.plan(spec, state)
+        inference_id = plan.values["reranker"]
         es_index = spec.field == "text" and is_es_rerank(state)
         t0 = time.perf_counter()
         first = self.retrieve(spec, index, headers, es_index=es_index, embedder=self.embedder_for(state))
@@ -326,8 +378,9 @@ class RerankService:
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError("retrieval used up the request's time (ES_RERANK_SERVE_TIMEOUT); nothing was reranked")
         second = self.searcher.rerank(spec.query, first.hits, final_k=None,
-                                      reranker=self.scorer(inference_id, deadline=deadline),
-                                      results="documents" if es_index else "chunks")
+                                      reranker=None if key is None else self.scorer(key, deadline=deadline),
+                                      results="documents" if es_index else "chunks", blend=plan.values["blend"],
+                                      blend_weight=plan.values["blend_weight"])
         self.metrics.rerank_seconds.observe(second.rerank_ms / 1000.0)
         if second.error is not None:
             self.metrics.fallbacks.inc()
@@ -341,7 +394,9 @@ class RerankService:
             spec, page, first.raw, took_ms=(time.perf_counter() - started) * 1000.0,
             total=combine_totals(responses), shards=responses[0].get("_shards") if responses else None,
             timed_out=any(bool(r.get("timed_out")) for r in responses), reranked=second.reranked,
-            inference_id=inference_id, error=second.error, fusion=first.fusion)
+            inference_id=inference_id, error=second.error, fusion=first.fusion,
+            # where each setting came from, for indices with a pipeline (others answer as before)
+            provenance=plan.to_dict() if plan.pipeline is not None else None)
 
     def infer(self, inference_id: str, request: InferenceRequest, *, deadline: float | None = None) -> dict[str, Any]:
         """Answer ``POST /_inference/rerank/{inference_id}``: every input scored against the query."""

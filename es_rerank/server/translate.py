@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class RerankSearch:
         explain: Add ``_explanation`` (retrieval rank and score) to each hit.
         total_as_int: ``rest_total_hits_as_int``: ``hits.total`` as a number.
         pretty: Indent the JSON answer.
+        given: Which of ``inference_id``, ``rank_window_size`` and ``size`` the caller set (the
+            others may come from the index's pipeline).
     """
 
     child: Node
@@ -104,6 +107,7 @@ class RerankSearch:
     explain: bool = False
     total_as_int: bool = False
     pretty: bool = False
+    given: frozenset[str] = frozenset({"inference_id", "rank_window_size", "size"})
 
 
 @dataclass(frozen=True)
@@ -307,7 +311,7 @@ def parse_retriever(value: Any, path: str, *, window: int, max_window: int,
         filters = inherited + _filters(spec.get("filter"), f"{where}.filter")
         return Rrf(tuple(parse_retriever(c, f"{where}.retrievers[{i}]", window=own, max_window=max_window,
                                          inherited=filters) for i, c in enumerate(children)),
-                   rank_constant, own)
+                   rank_constant, own, "rank_window_size" not in spec)
     if kind == RERANKER:
         raise bad_request(f"[{where}] es-rerank reranks once: a {RERANKER} cannot sit inside another retriever")
     raise _parse_error(path, f"unknown retriever type [{kind}]; es-rerank supports standard, knn and rrf")
@@ -365,10 +369,36 @@ def parse_search(body: Any, params: Mapping[str, str] | None = None, *,
                           f"{start} + {size} = {start + size}: raise rank_window_size or lower size")
     source = parse_source(top["_source"]) if "_source" in top else (_source_params(params) or SourceSpec())
     explain = _bool(top.get("explain", params.get("explain", False)), "explain")
+    given = frozenset(k for k, present in (("inference_id", inference_id is not None),
+                                           ("rank_window_size", "rank_window_size" in spec),
+                                           ("size", raw_size is not None)) if present)
     return RerankSearch(child=child, field=field_name, query=query, inference_id=inference_id, window=window,
                         min_score=min_score, size=size, start=start, source=source, explain=explain,
                         total_as_int=_bool(params.get("rest_total_hits_as_int", False), "rest_total_hits_as_int"),
-                        pretty=_bool(params.get("pretty", False), "pretty"))
+                        pretty=_bool(params.get("pretty", False), "pretty"), given=given)
+
+
+def with_window(spec: RerankSearch, window: int, size: int | None = None) -> RerankSearch:
+    """``spec`` reranking ``window`` candidates (and returning ``size``, when given) where the caller
+    set neither: ``rrf`` retrievers without their own ``rank_window_size`` follow the new window.
+
+    Raises:
+        ApiError: 400 when ``from + size`` would exceed the new window.
+    """
+    def rewindow(node: Node, parent: int) -> Node:
+        if not isinstance(node, Rrf):
+            return node
+        own = parent if node.inherited else node.window
+        return dataclasses.replace(node, window=own, children=tuple(rewindow(c, own) for c in node.children))
+
+    if "size" not in spec.given:
+        size = min(DEFAULT_SIZE, window) if size is None else min(size, window)
+    else:
+        size = spec.size
+    if spec.start + size > window:
+        raise bad_request(f"[size] from + size must be <= the index pipeline's depth ({window}), got "
+                          f"{spec.start} + {size}: set rank_window_size or lower size")
+    return dataclasses.replace(spec, window=window, size=size, child=rewindow(spec.child, window))
 
 
 def _param_int(value: Any, path: str) -> Any:
