@@ -79,10 +79,13 @@ def patient(proxy, engine_name):
 
 @pytest.fixture
 def sigterm_unwinds():
-    """SIGTERM handled as the CLI handles it (``es-rerank`` installs the same handler)."""
-    previous = signal.signal(signal.SIGTERM, exit_on_signal)
+    """SIGTERM handled as the CLI handles it (``es-rerank`` installs the same handler), and SIGINT
+    as Python handles it by default: a runner started in the background by a non-interactive shell
+    inherits SIGINT ignored, and the SIGINT faults would then inject nothing."""
+    previous = signal.signal(signal.SIGTERM, exit_on_signal), signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGTERM, previous[0])
+    signal.signal(signal.SIGINT, previous[1])
 
 
 @pytest.fixture

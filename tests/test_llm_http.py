@@ -301,8 +301,11 @@ def test_query_command_stops_at_once_when_interrupted_during_llm_calls(request, 
     with HungServer() as server:
         env = dict(os.environ, **cli_env, ES_RERANK_LLM_BASE_URL=f"http://127.0.0.1:{server.port}/v1",
                    ES_RERANK_LLM_API="completions", ES_RERANK_LLM_TIMEOUT="300", HF_HUB_OFFLINE="1")
+        # a runner started in the background by a non-interactive shell ignores SIGINT, and a child
+        # inherits that: give the command the disposition a terminal gives it
         proc = subprocess.Popen([sys.executable, "-m", "es_rerank", "query", "reset my password", "--reranker", "llm"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             if not server.arrived.wait(180):
                 proc.kill()
