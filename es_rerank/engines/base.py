@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib import resources
@@ -249,6 +250,22 @@ class Engine(ABC):
         if body is not None:
             h["content-type"] = "application/x-ndjson" if isinstance(body, str) else "application/json"
         h.update(headers or {})
+        for wait in (0.5, 1.0, 2.0, 4.0, 8.0, None):
+            try:
+                return self._send(method, path, body=body, params=params, headers=h, index=index, retry=retry)
+            except ClusterError as e:
+                # 429: the cluster refused the request before carrying it out (a full queue), so even a
+                # request that is never re-sent blindly may be sent again, after a pause
+                if retry or e.status != 429 or wait is None:
+                    raise
+                logger.info("%s %s: 429, sending it again in %.1f s", method, path, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, *, body: Any, params: Mapping[str, Any] | None,
+              headers: Mapping[str, str], index: str | None, retry: bool) -> Any:
+        """One :meth:`request`: the library's exceptions translated."""
+        h = headers
         try:
             return self._perform(method, path, body=body, params=params, headers=h, retry=retry)
         except Exception as e:  # noqa: BLE001 - translated below, re-raised otherwise
