@@ -106,7 +106,8 @@ def load_beir(root: str | Path, split: str = "test", *, check_corpus: bool = Tru
 
 
 def _jsonl(path: Path):
-    """``(line number, object)`` for each non-blank line; an object needs an ``_id``.
+    """``(line number, object)`` for each non-blank line; an object needs an ``_id`` (or ``id``, as
+    ``es-rerank index`` reads it, so a JSONL file of documents serves as a corpus as it is).
 
     Raises:
         InputError: A line that is not UTF-8, not JSON, not an object, or lacks ``_id`` (file:line).
@@ -124,6 +125,8 @@ def _jsonl(path: Path):
             except (json.JSONDecodeError, RecursionError) as e:
                 raise InputError(f"{path}:{line_no}: invalid JSON ({getattr(e, 'msg', type(e).__name__)})",
                                  path=str(path)) from None
+            if isinstance(obj, dict) and "_id" not in obj and "id" in obj:
+                obj = {"_id": obj["id"], **obj}
             if not isinstance(obj, dict) or "_id" not in obj:
                 raise InputError(f"{path}:{line_no}: expected a JSON object with an _id", path=str(path))
             yield line_no, obj
