@@ -997,14 +997,18 @@ def _write(paths) -> None:
 @shared_options
 @_with_data_options
 @setting_option("depth", "--depth")
-@click.option("--reranker", "reranker_names", multiple=True, default=("cross-encoder",),
-              type=click.Choice(RERANKER_KINDS),
-              help="Reranker(s) to evaluate on the hybrid candidates. Repeatable.")
+@click.option("--reranker", "reranker_names", multiple=True, type=click.Choice(RERANKER_KINDS),
+              help="Reranker(s) to evaluate on the hybrid candidates. Repeatable. Default: cross-encoder "
+                   "(with --pipeline: the pipeline's).")
 @click.option("--instructions", default=None, help="LLM rerankers: extra instructions for the prompt.")
+@click.option("--pipeline", "pipeline_of", default=None, metavar="INDEX",
+              help="Evaluate the pipeline INDEX uses (`tune --apply`, `pipeline set`): its reranker, model, "
+                   "depth, final_k and blend, each unless given here. The collection's evaluation index answers "
+                   "the queries.")
 @click.pass_context
 @_fail_cleanly
 def eval_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclude_self, reindex, max_queries, out_dir,
-             progress, depth, reranker_names, instructions):
+             progress, depth, reranker_names, instructions, pipeline_of):
     """Recall, nDCG and latency of BM25, kNN, hybrid and hybrid + reranker on a BEIR split.
 
     Every row is compared with hybrid query by query: the mean difference with a 95%
@@ -1018,11 +1022,21 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclude
     started = time.perf_counter()
     if final_k is None and depth is not None and depth < _settings(ctx).final_k:
         final_k = depth  # a shallow depth needs no --final-k of its own: the k follows it down
+    applied = None
+    if pipeline_of is not None:
+        applied = _pipeline_to_evaluate(ctx, pipeline_of, reranker=reranker_names[0] if reranker_names else None,
+                                        depth=depth, final_k=final_k, blend=blend, blend_weight=blend_weight)
+        reranker_names = reranker_names or (applied.values["reranker"],)
+        depth, final_k, blend, blend_weight = (applied.values[k] for k in ("depth", "final_k", "blend",
+                                                                           "blend_weight"))
+        _echo(f"evaluating the pipeline of {pipeline_of}: {applied.pipeline.label()}", err=True)
     base = _settings(ctx, final_k=final_k, depth=depth, blend=blend, blend_weight=blend_weight)
     depth, final_k = base.depth, base.final_k
     s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
+    if applied is not None:
+        s = applied.settings(s)
     with searcher:
-        rerankers = _rerankers(s, reranker_names, instructions)
+        rerankers = _rerankers(s, reranker_names or ("cross-encoder",), instructions)
         bar, update = _query_bar("evaluating", progress)
         try:
             report = run_eval(searcher, data, depth=depth, final_k=final_k, rerankers=rerankers, blend=base.blend,
@@ -1030,7 +1044,9 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclude
                               exclude_own=exclude_self, on_query=update)
         finally:
             bar.close()
-    report = _record(report, prepared, started, reranker_model=s.reranker_model)
+    extra = {} if applied is None else {"pipeline_of": pipeline_of, "pipeline": applied.pipeline.label(),
+                                        "pipeline_applied": applied.pipeline.applied}
+    report = _record(report, prepared, started, reranker_model=s.reranker_model, **extra)
     blend_text = base.blend + (f" (reranker weight {base.blend_weight:g})" if base.blend == "linear" else "")
     _echo(f"{report.queries} queries of {Path(data_dir).name}/{split}, depth {depth}, final_k {final_k}, "
           f"blend {blend_text}, reranker model {s.reranker_model}\n")
@@ -1041,6 +1057,21 @@ def eval_cmd(ctx, data_dir, split, final_k, fusion, blend, blend_weight, exclude
     _echo("\n" + _wall_line(report, prepared))
     if out_dir:
         _write(write_eval(report, Path(out_dir)))
+
+
+def _pipeline_to_evaluate(ctx, name: str, **given: Any):
+    """The settings of the pipeline ``name`` uses, with the options given on the command line on top."""
+    from .engines import open_engine
+    from .pipelines import check_model, read, resolve
+
+    base = _settings(ctx)
+    with open_engine(base) as engine:
+        stored = read(engine, name)
+    if stored.pipeline is None:
+        raise click.BadParameter(f"{name} has no pipeline (`es-rerank tune --apply` or `es-rerank pipeline set` "
+                                 "records one)", param_hint="--pipeline")
+    resolved = resolve(base, stored.pipeline, given)
+    return check_model(resolved, base.pipeline_model_check)
 
 
 def _parse_depths(depths: str) -> list[int]:

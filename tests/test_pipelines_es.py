@@ -236,3 +236,33 @@ def test_tune_apply_refuses_a_pipeline_worse_than_hybrid_unless_forced(engine, i
     p = pipelines.read(engine, index_name).pipeline
     assert p.reranker == "cross-encoder" and p.depth == 10 and p.blend == "none" and p.how == "tune"
     assert p.evidence["questions"]["queries"] == 22 and p.evidence["metrics"]["ndcg@10"]["mean_delta"] < 0
+
+
+def test_eval_pipeline_evaluates_what_the_index_applied(engine, index_name, make_index, cross_encoder_path, env,
+                                                        eval_indices, tmp_path):
+    """`eval --pipeline INDEX` runs the applied pipeline's reranker, depth, final_k and blend; options win."""
+    make_index(index_name, SAMPLE)
+    args = ["eval", "--data", str(QUESTIONS), "--split", "test", "--no-progress", "--pipeline", index_name]
+    out = CliRunner().invoke(cli, args, env=env)
+    assert out.exit_code != 0 and f"{index_name} has no pipeline" in out.output, out.output
+
+    pipelines.apply(engine, index_name, chosen(cross_encoder_path, depth=9, final_k=4, blend_weight=0.4))
+    out = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "applied")], env=env)
+    assert out.exit_code == 0, out.output
+    assert f"evaluating the pipeline of {index_name}: cross-encoder" in out.output
+    result = json.loads((tmp_path / "applied" / "results.json").read_text())
+    assert (result["depth"], result["final_k"], result["blend"], result["blend_weight"]) == (9, 4, "linear", 0.4)
+    assert result["environment"]["pipeline_of"] == index_name
+    assert result["environment"]["reranker_model"] == cross_encoder_path
+    assert [r["setup"] for r in result["rows"]][-1] == "hybrid+cross-encoder"
+
+    out = CliRunner().invoke(cli, [*args, "--depth", "6", "--out", str(tmp_path / "given")], env=env)
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "given" / "results.json").read_text())
+    assert (result["depth"], result["final_k"]) == (6, 4)
+
+    pipelines.apply(engine, index_name, pipelines.make(reranker="none", final_k=3))
+    out = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "none")], env=env)
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "none" / "results.json").read_text())
+    assert [r["setup"] for r in result["rows"]] == ["bm25", "knn", "hybrid"] and result["final_k"] == 3
