@@ -884,16 +884,21 @@ def _command_line() -> str:
     return _clean(shlex.join(["es-rerank", *(sys.argv[1:] if argv is None else argv)]))
 
 
-def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):
-    """Load the collection, prepare its evaluation index, return (settings, data, searcher, prepared)."""
+def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool, *, extra: bool = True):
+    """Load the collection, prepare its evaluation index, return (settings, data, searcher, prepared).
+
+    ``extra=False`` (tune without --out) needs neither ranx nor matplotlib: metrics fall back to
+    :mod:`es_rerank.evaluate.plain_metrics`.
+    """
     from .client import Searcher
     from .embedding import build_embedder
     from .engines import open_engine
     from .evaluate.data import load_beir
     from .evaluate.prepare import prepare_index
 
-    import matplotlib  # noqa: F401 - the eval extra: fail now, not after indexing the corpus
-    import ranx  # noqa: F401
+    if extra:
+        import matplotlib  # noqa: F401 - the eval extra: fail now, not after indexing the corpus
+        import ranx  # noqa: F401
 
     s = _settings(ctx)
     data = load_beir(data_dir, split)
@@ -1190,7 +1195,7 @@ def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instru
     split, folds, note = _tune_split(data_dir, split, folds)
     if note:
         _echo(note, err=True)
-    s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
+    s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress, extra=out_dir is not None)
     with searcher:
         rerankers = _rerankers(s, names, instructions)
         bar, update = _query_bar("deep rerank pass", progress)
