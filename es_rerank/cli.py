@@ -749,6 +749,10 @@ def _pipeline_text(p) -> list[str]:
             lines.append(f"  {c['metric']:<10} {c['setup_mean']:.4f} vs hybrid {c['baseline_mean']:.4f} "
                          f"(delta {c['mean_delta']:+.4f}, {ci}; {c['wins']} wins, {c['ties']} ties, "
                          f"{c['losses']} losses)")
+        c = ev.get("against_current")
+        if c:  # train --apply: the trained model against the pipeline it replaced
+            lines.append(f"  against {c['pipeline']}: {c['setup_mean']:.4f} vs {c['baseline_mean']:.4f} "
+                         f"(delta {c['mean_delta']:+.4f}; {c['wins']} wins, {c['ties']} ties, {c['losses']} losses)")
     else:
         lines.append("  no evidence recorded (set by hand)")
     return lines
@@ -880,16 +884,21 @@ def _command_line() -> str:
     return _clean(shlex.join(["es-rerank", *(sys.argv[1:] if argv is None else argv)]))
 
 
-def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool):
-    """Load the collection, prepare its evaluation index, return (settings, data, searcher, prepared)."""
+def _eval_setup(ctx, data_dir: str, split: str, reindex: bool, progress: bool, *, extra: bool = True):
+    """Load the collection, prepare its evaluation index, return (settings, data, searcher, prepared).
+
+    ``extra=False`` (tune without --out) needs neither ranx nor matplotlib: metrics fall back to
+    :mod:`es_rerank.evaluate.plain_metrics`.
+    """
     from .client import Searcher
     from .embedding import build_embedder
     from .engines import open_engine
     from .evaluate.data import load_beir
     from .evaluate.prepare import prepare_index
 
-    import matplotlib  # noqa: F401 - the eval extra: fail now, not after indexing the corpus
-    import ranx  # noqa: F401
+    if extra:
+        import matplotlib  # noqa: F401 - the eval extra: fail now, not after indexing the corpus
+        import ranx  # noqa: F401
 
     s = _settings(ctx)
     data = load_beir(data_dir, split)
@@ -1217,7 +1226,7 @@ def tune_cmd(ctx, data_dir, split, folds, metric, depths, reranker_names, instru
     split, folds, note = _tune_split(data_dir, split, folds)
     if note:
         _echo(note, err=True)
-    s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress)
+    s, data, searcher, prepared = _eval_setup(ctx, data_dir, split, reindex, progress, extra=out_dir is not None)
     with searcher:
         rerankers = _rerankers(s, names, instructions)
         bar, update = _query_bar("deep rerank pass", progress)
@@ -1428,11 +1437,16 @@ def _with_training_options(fn):
               show_default=True, help="Share of train held out for early stopping when there is no --dev-split.")
 @click.option("--max-train-queries", type=click.IntRange(min=1), default=None,
               help="Train on a seeded subset of N training queries (a capped run).")
+@click.option("--apply", "apply_it", is_flag=True,
+              help="Then run the trained model in --index's current pipeline against that pipeline on the dev "
+                   "questions, and record it as the index's pipeline only if it wins (95% interval above 0).")
+@click.option("--force", is_flag=True, help="With --apply: apply the trained model even when it does not win.")
 @click.pass_context
 @_fail_cleanly
 def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, out_dir, overwrite, mine_depth, epochs,
               batch_size, learning_rate, max_length, seed, use_index, reindex, progress, loss, skip_top,
-              negatives, eval_steps, patience, max_steps, min_queries, dev_fraction, max_train_queries):
+              negatives, eval_steps, patience, max_steps, min_queries, dev_fraction, max_train_queries, apply_it,
+              force):
     """Fine-tune a cross-encoder on your judgments (or --synthetic pseudo-queries) and your index.
 
     Positives come from the qrels; hard negatives are the hybrid candidates not judged
@@ -1450,6 +1464,8 @@ def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, o
     check_output(Path(out_dir), overwrite=overwrite)
     if data_dir is None and synthetic is None:
         raise click.UsageError("give --data DIR (judged queries) or --synthetic N (pseudo-queries), or both")
+    if apply_it:
+        _pipeline_target(ctx)  # the index to apply to exists and is ours: check before the long run
     config = TrainConfig(**{k: v for k, v in dict(
         base=base, loss=loss, depth=mine_depth, skip_top=skip_top, negatives=negatives, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, max_length=max_length, seed=seed, eval_steps=eval_steps,
@@ -1507,6 +1523,41 @@ def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, o
           f"at step {tr['best_step']}; wall time {time.perf_counter() - started:.0f}s, peak memory "
           f"{tr['peak_rss_mb']:.0f} MB")
     _echo(f"wrote {result.out}: use it with ES_RERANK_RERANKER_MODEL={result.out}")
+    if apply_it:
+        _train_apply(ctx, data_dir, use_index, prepared.dev, result.out, force=force, seed=seed,
+                     dev_name=dev_split or f"held-out slice of {split}" if synthetic is None else "synthetic dev")
+
+
+def _pipeline_target(ctx):
+    """The pipeline of --index now (raises when the index is missing or not es-rerank's)."""
+    from .engines import open_engine
+    from .pipelines import read
+
+    base = _settings(ctx)
+    with open_engine(base) as engine:
+        return read(engine, base.index).pipeline
+
+
+def _train_apply(ctx, data_dir, use_index, dev, model, *, force: bool, seed: int, dev_name: str) -> None:
+    """Compare the trained model with --index's current pipeline on ``dev``; apply it if it wins."""
+    from pathlib import Path
+
+    from .engines import open_engine
+    from .pipelines import resolve
+    from .training.promote import compare
+
+    base = _settings(ctx)
+    current = resolve(base, _pipeline_target(ctx))
+    with _train_searcher(ctx, data_dir, use_index=use_index, reindex=False, progress=False) as searcher:
+        verdict = compare(searcher, dev, current, str(model), base, seed=seed, split=dev_name,
+                          data=None if data_dir is None else Path(data_dir).name)
+    _echo(verdict.sentence())
+    if not verdict.wins and not force:
+        raise click.ClickException(_clean(
+            f"not applied: the trained model does not beat {base.index}'s current pipeline on the held-out dev "
+            f"questions; {base.index} keeps it (the model is written: {model}). Add --force to apply it anyway"))
+    with open_engine(base) as engine:
+        _apply_pipeline(engine, base.index, verdict.pipeline, force=force)
 
 
 @cli.command("distill")

@@ -124,7 +124,7 @@ class Pipeline:
         blend_weight: The reranker's weight of a ``linear`` blend, else None.
         evidence: What it was chosen on (see :func:`es_rerank.evaluate.tuning.pipeline_evidence`), or None.
         applied: When it was written (UTC, ISO 8601).
-        how: ``tune``, ``set`` or ``rollback``.
+        how: ``tune``, ``train``, ``set`` or ``rollback``.
         version: The es-rerank version that wrote it.
     """
 

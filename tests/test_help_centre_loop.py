@@ -1,6 +1,7 @@
 """The quick start's loop on the sample: index, tune on its judged questions, apply, answer.
 
-Runs ``es-rerank tune --apply`` on examples/help-centre-questions with the real offline
+Runs ``es-rerank tune --apply`` as scripts/quickstart.sh runs it (its options, read from the
+script) on examples/help-centre-questions with the real offline
 cross-encoder (/work/shared/models/minilm-l6-scifact-ce, or ES_RERANK_TEST_CROSS_ENCODER), then
 answers every question through a Searcher with no options (the applied pipeline) and through
 hybrid alone, and checks that the applied pipeline's nDCG@3 is at least hybrid's, and that the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,15 @@ from conftest import BACKEND, ROOT, SAMPLE, drop
 QUESTIONS = ROOT / "examples" / "help-centre-questions"
 OFFLINE_CE = Path(os.environ.get("ES_RERANK_TEST_CROSS_ENCODER", ROOT.parent / "shared" / "models" /
                                  "minilm-l6-scifact-ce"))
+
+
+def quickstart_tune_args() -> list[str]:
+    """The options scripts/quickstart.sh gives ``es-rerank tune`` (so this test checks what it runs)."""
+    script = (ROOT / "scripts" / "quickstart.sh").read_text().replace("\\\n", " ")
+    line = next(l for l in script.splitlines() if l.lstrip().startswith("es-rerank tune "))
+    args = shlex.split(line.split("|")[0])[2:]
+    assert "--apply" in args and "--data" in args, args
+    return args
 
 
 def test_question_set_corpus_is_the_sample():
@@ -51,8 +62,9 @@ def test_tune_apply_then_answers_are_at_least_as_good_as_hybrid(engine, node, es
            "ES_RERANK_RERANKER_MODEL": str(OFFLINE_CE), "ES_RERANK_RERANKER_BACKEND": BACKEND,
            "ES_RERANK_DEPTH": "", "ES_RERANK_FINAL_K": "", "ES_RERANK_BLEND": "", "ES_RERANK_BLEND_WEIGHT": ""}
     try:
-        out = CliRunner().invoke(cli, ["tune", "--data", str(QUESTIONS), "--apply", "--latency-queries", "0",
-                                       "--no-progress"], env=env)
+        args = quickstart_tune_args()
+        args[args.index("--data") + 1] = str(QUESTIONS)
+        out = CliRunner().invoke(cli, ["tune", *args], env=env)
     finally:
         for name in set(node.indices("es-rerank-eval-help-centre-questions-*")) - before:
             drop(engine, re.sub(r"-\d{8}t\d{6}-[0-9a-f]{4}$", "", name))

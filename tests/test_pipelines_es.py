@@ -113,12 +113,7 @@ def test_applied_pipeline_is_used_by_searcher_query_and_serve(engine, es_url, in
     from es_rerank.server import ServerThread, create_app
 
     app = create_app(plain_settings(es_url, "unused", embedding_model_path), embedder=embedder)
-    body = {"retriever": {"text_similarity_reranker": {
-        "retriever": {"rrf": {"retrievers": [
-            {"standard": {"query": {"multi_match": {"query": QUESTION, "fields": ["text", "title"]}}}},
-            {"knn": {"field": "embedding", "k": 10, "num_candidates": 50,
-                     "query_vector_builder": {"text_embedding": {"model_text": QUESTION}}}}]}},
-        "field": "text", "inference_text": QUESTION}}}
+    body = rerank_body()
     with ServerThread(app) as running:
         resp = httpx.post(f"{running.url}/{index_name}/_search", json=body, timeout=120)
         assert resp.status_code == 200, resp.text
@@ -134,6 +129,52 @@ def test_applied_pipeline_is_used_by_searcher_query_and_serve(engine, es_url, in
         answer = httpx.post(f"{running.url}/{index_name}/_search", json=explicit, timeout=120).json()
         assert len(answer["hits"]["hits"]) == 3
         assert sources(answer["es_rerank"])["depth"] == (9, "argument")
+
+
+def rerank_body(**reranker):
+    """A ``_search`` with a reranker retriever that leaves window, size and inference_id out."""
+    return {"retriever": {"text_similarity_reranker": {
+        "retriever": {"rrf": {"retrievers": [
+            {"standard": {"query": {"multi_match": {"query": QUESTION, "fields": ["text", "title"]}}}},
+            {"knn": {"field": "embedding", "k": 10, "num_candidates": 50,
+                     "query_vector_builder": {"text_embedding": {"model_text": QUESTION}}}}]}},
+        "field": "text", "inference_text": QUESTION, **reranker}}}
+
+
+def test_serve_settings_given_explicitly_win_over_the_pipeline(engine, es_url, index_name, make_index,
+                                                               embedding_model_path, embedder, cross_encoder_path,
+                                                               monkeypatch, decoy):
+    """serve started with ES_RERANK_RERANKER=none (and ES_RERANK_DEPTH): the variables win over the
+    pipeline, as documented, and the answer says so; an index without a pipeline still gets the 400."""
+    from es_rerank.server import ServerThread, create_app
+
+    make_index(index_name, SAMPLE)
+    stored = pipelines.apply(engine, index_name, chosen(cross_encoder_path))
+    monkeypatch.setenv("ES_RERANK_RERANKER", "none")
+    monkeypatch.setenv("ES_RERANK_DEPTH", "12")
+    # the server's own cross-encoder (what a request's inference_id names) is the session's model
+    app = create_app(plain_settings(es_url, "unused", embedding_model_path, reranker="none", depth=12,
+                                    reranker_model=cross_encoder_path, reranker_backend=BACKEND), embedder=embedder)
+    with ServerThread(app) as running:
+        resp = httpx.post(f"{running.url}/{index_name}/_search", json=rerank_body(), timeout=120)
+        assert resp.status_code == 200, resp.text
+        answer = resp.json()
+        got = sources(answer["es_rerank"])
+        assert got["reranker"] == ("none", "environment") and not answer["es_rerank"]["reranked"]
+        assert got["depth"] == (12, "environment") and got["final_k"] == (2, "pipeline")
+        assert len(answer["hits"]["hits"]) == 2
+        assert answer["es_rerank"]["pipeline"]["label"] == stored.pipeline.label()
+        # the request's own inference_id still wins over the variable
+        resp = httpx.post(f"{running.url}/{index_name}/_search", json=rerank_body(inference_id="cross-encoder"),
+                          timeout=120)
+        assert resp.status_code == 200, resp.text
+        answer = resp.json()
+        assert answer["es_rerank"]["reranked"] and sources(answer["es_rerank"])["reranker"] == \
+            ("cross-encoder", "argument")
+        # an index without a pipeline: nothing names a reranker, so the request must
+        resp = httpx.post(f"{running.url}/{decoy}/_search", json=rerank_body(), timeout=120)
+        assert resp.status_code == 400 and "[inference_id] is required" in resp.text, resp.text
+        assert "es_rerank" not in resp.json()
 
 
 @pytest.mark.both_engines

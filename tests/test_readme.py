@@ -53,15 +53,20 @@ def test_the_extraction_finds_the_commands():
 
 
 @pytest.fixture
-def clean(engine):
+def clean(engine, node):
     from conftest import drop
 
     names = ("help-centre", "help-extra")
     for name in names:
         drop(engine, name)
+    # the quick start's tune builds the question set's evaluation index: drop the one it adds
+    evals = "es-rerank-eval-help-centre-questions-*"
+    before = set(node.indices(evals))
     yield
     for name in names:
         drop(engine, name)
+    for index in set(node.indices(evals)) - before:
+        drop(engine, re.sub(r"-\d{8}t\d{6}-[0-9a-f]{4}$", "", index))
 
 
 def test_readme_commands_run_as_typed(es_url, clean):
@@ -76,6 +81,7 @@ def test_readme_commands_run_as_typed(es_url, clean):
     assert done.returncode == 0, out[-4000:]
     assert "32 documents read, 32 indexed" in out
     assert "3 results from" in out and "reranked by cross-encoder" in out
+    assert "applied to help-centre" in out and "[done] quick start in" in out  # the loop, phase by phase
     assert "deleted help-extra-" in out and "faq-family: 1 chunk deleted" in out
 
 

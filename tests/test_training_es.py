@@ -315,3 +315,49 @@ def test_distill_reports_fidelity_and_speed_and_loads(data, env, tmp_path, train
     assert card["speed"]["depth"] == 50 and card["speed"]["speedup"] > 0
     assert "fidelity on" in r.output and "x)" in r.output
     assert len(load_cross_encoder(str(out), backend="onnx").score_pairs([("a query", "a passage")])) == 1
+
+
+def test_train_apply_promotes_only_a_winner_unless_forced(data, env, tmp_path, trained, engine, node, make_index,
+                                                          index_name):
+    """--apply compares the trained model with the index's pipeline on the dev questions; a tie is no win."""
+    import uuid
+
+    from es_rerank import pipelines
+
+    from conftest import SAMPLE, drop
+
+    make_index(index_name, SAMPLE)
+    decoy = f"test-decoy-{uuid.uuid4().hex[:8]}"
+    make_index(decoy, SAMPLE)
+    decoy_meta = node.meta(node.alias_targets(decoy)[0])
+    current = pipelines.apply(engine, index_name, pipelines.make(
+        reranker="cross-encoder", model=str(SHARED_CE), backend="onnx", depth=10, final_k=3)).pipeline
+    run_env = {**env, "ES_RERANK_INDEX": index_name, "ES_RERANK_RERANKER": "", "ES_RERANK_RERANKER_MODEL": "",
+               "ES_RERANK_RERANKER_BACKEND": "", "ES_RERANK_DEPTH": "", "ES_RERANK_FINAL_K": "", "ES_RERANK_BLEND": "",
+               "ES_RERANK_BLEND_WEIGHT": ""}
+    # a learning rate too small to move the weights: the trained model ties the pipeline's own model
+    args = ["train", "--data", str(data), "--base", str(SHARED_CE), "--max-steps", "1", "--learning-rate", "1e-12",
+            "--apply", *FAST]
+    try:
+        r = _run(run_env, *args, "--out", str(tmp_path / "tie"))
+        assert r.exit_code == 1, r.output
+        assert "not a win" in r.output and "not applied" in r.output and "--force" in r.output
+        assert (tmp_path / "tie" / "config.json").is_file()  # the model is written either way
+        assert pipelines.read(engine, index_name).pipeline == current
+
+        r = _run(run_env, *args, "--out", str(tmp_path / "forced"), "--force")
+        assert r.exit_code == 0, r.output
+        assert f"applied to {index_name}" in r.output and "not a win" in r.output
+        stored = pipelines.read(engine, index_name)
+        p = stored.pipeline
+        assert p.how == "train" and p.model == str((tmp_path / "forced").resolve()) and p.model_fingerprint
+        assert (p.depth, p.final_k, p.blend) == (10, 3, "none") and stored.history[0] == current
+        ev = p.evidence
+        assert ev["against_current"]["pipeline"] == current.label() and not ev["against_current"]["better"]
+        assert ev["questions"]["queries"] == 4 and ev["questions"]["split"] == "held-out slice of train"
+        assert set(ev["metrics"]) == {"ndcg@10", "recall@10"}
+        out = CliRunner().invoke(cli, ["pipeline", "show"], env=run_env)
+        assert out.exit_code == 0 and f"against {current.label()}" in out.output, out.output
+    finally:
+        assert node.meta(node.alias_targets(decoy)[0]) == decoy_meta, "the decoy's marker was touched"
+        drop(engine, decoy)

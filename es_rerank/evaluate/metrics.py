@@ -1,4 +1,4 @@
-"""Ranking metrics over BEIR-style runs, computed with ranx.
+"""Ranking metrics over BEIR-style runs, computed with ranx (or, without it, :mod:`.plain_metrics`).
 
 A run is ``dict[query_id, dict[doc_id, score]]``; metrics never mutate it. When
 documents are chunked, a document takes the rank of its best chunk.
@@ -49,13 +49,26 @@ def metric_names(ks: Sequence[int], *, final_k: int, depth: int | None = None) -
     return names + ["ndcg@10", "mrr@10"]
 
 
-def _ranx_inputs(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]):
-    """Validated copies of ``qrels`` and ``run`` as ranx wants them (every judged query present)."""
+def have_ranx() -> bool:
+    """Whether ranx (the ``eval`` extra) is installed; without it :mod:`.plain_metrics` computes."""
+    try:
+        import ranx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]) -> None:
     if not qrels:
         raise ValidationError("qrels is empty: nothing to evaluate")
     for q, docs in run.items():
         if not isinstance(docs, Mapping):
             raise ValidationError(f"run[{q!r}] must map doc ids to scores, got {type(docs).__name__}")
+
+
+def _ranx_inputs(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]):
+    """Validated copies of ``qrels`` and ``run`` as ranx wants them (every judged query present)."""
+    _check(qrels, run)
     from ranx import Qrels, Run
 
     # ranx wants every query present; copy, never mutate the caller's structures
@@ -89,6 +102,11 @@ def evaluate_run(
     Raises:
         ValidationError: ``qrels`` is empty or a run value is not a mapping.
     """
+    if not have_ranx():
+        from . import plain_metrics
+
+        _check(qrels, run)
+        return {m: float(np.mean(list(plain_metrics.per_query(qrels, run, m).values()))) for m in metrics}
     qrels_obj, run_obj = _ranx_inputs(qrels, run)
     scores = _ranx_evaluate(qrels_obj, run_obj, metrics)
     if isinstance(scores, float):
@@ -124,6 +142,11 @@ def per_query(
     """
     if not isinstance(metric, str) or not metric:
         raise ValidationError(f"metric must be one metric name such as 'ndcg@10', got {metric!r}")
+    if not have_ranx():
+        from . import plain_metrics
+
+        _check(qrels, run)
+        return plain_metrics.per_query(qrels, run, metric)
     qrels_obj, run_obj = _ranx_inputs(qrels, run)
     _ranx_evaluate(qrels_obj, run_obj, [metric])
     # ranx keeps each query's value in the run it evaluated, keyed by query id

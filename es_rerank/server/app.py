@@ -318,7 +318,8 @@ class Server:
             spec = parse_search(parsed, dict(request.query_params), max_window=self.max_window)
             if not self.service.knows(spec.inference_id):  # an inference endpoint of the cluster's own
                 return await self.pass_through(request, body)
-            self.service.resolve_id(spec.inference_id)
+            # no inference_id: the index's pipeline may name the reranker (RerankService.plan answers
+            # the 400 where neither it nor the settings do)
         except ApiError as e:
             return self.error_response(e, "search", started)
         headers = {k.lower(): v for k, v in request.headers.items()}

@@ -305,8 +305,13 @@ class RerankService:
         """What a request leaves out, from the index's pipeline: ``(spec, plan, scorer key)``.
 
         The request's own ``inference_id``, ``rank_window_size`` and ``size`` win; then the
-        server's settings given explicitly; then the pipeline (:mod:`es_rerank.pipelines`). The
-        key names the reranker to score with (None: the pipeline says not to rerank).
+        server's settings given explicitly (an ``ES_RERANK_*`` variable, or a value other than the
+        default); then the pipeline (:mod:`es_rerank.pipelines`). So ``ES_RERANK_RERANKER=none``
+        on the server turns the pipeline's reranking off: such a request is answered in retrieval
+        order, and its ``es_rerank`` block says ``reranker: none`` from ``environment``. An index
+        without a pipeline answers as before: the request's window and size (Elasticsearch's
+        defaults), and a 400 when no reranker is named and none is configured. The key names the
+        reranker to score with (None: not reranking).
 
         Raises:
             ApiError: 500 when the pipeline's model folder changed and ``pipeline_model_check`` is
@@ -325,13 +330,16 @@ class RerankService:
         except ModelError as e:
             raise ApiError(500, "es_rerank_pipeline_model_exception", str(e)) from None
         values, sources = dict(plan.values), dict(plan.sources)
-        if sources["depth"] == "pipeline" or sources["final_k"] == "pipeline":
-            window = min(values["depth"], self.settings.serve_max_window) if sources["depth"] == "pipeline" \
-                else spec.window
-            spec = with_window(spec, window, values["final_k"] if sources["final_k"] == "pipeline" else None)
+        # with a pipeline, what the request leaves out comes from the plan (given settings, then the
+        # pipeline); without one, from the request's own sizes, as Elasticsearch does
+        planned = {n for n in ("depth", "final_k") if plan.pipeline is not None and sources[n] != "default"
+                   and sources[n] != "argument"}
+        if planned:
+            window = min(values["depth"], self.settings.serve_max_window) if "depth" in planned else spec.window
+            spec = with_window(spec, window, values["final_k"] if "final_k" in planned else None)
         # what serve does with the request's sizes: the window is the depth, the page size final_k
         for name, value, key in (("depth", spec.window, "rank_window_size"), ("final_k", spec.size, "size")):
-            if sources[name] != "pipeline":
+            if name not in planned:
                 values[name], sources[name] = value, "argument" if key in given else "default"
         plan = Resolved(values, sources, plan.pipeline, plan.model_check, plan.warning)
         kind = values["reranker"]

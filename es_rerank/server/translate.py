@@ -396,8 +396,8 @@ def with_window(spec: RerankSearch, window: int, size: int | None = None) -> Rer
     else:
         size = spec.size
     if spec.start + size > window:
-        raise bad_request(f"[size] from + size must be <= the index pipeline's depth ({window}), got "
-                          f"{spec.start} + {size}: set rank_window_size or lower size")
+        raise bad_request(f"[size] from + size must be <= the depth in use ({window}: the index pipeline's, or "
+                          f"ES_RERANK_DEPTH), got {spec.start} + {size}: set rank_window_size or lower size")
     return dataclasses.replace(spec, window=window, size=size, child=rewindow(spec.child, window))
 
 
