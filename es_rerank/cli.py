@@ -1566,6 +1566,7 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_b
 @setting_option("serve_max_body", "--max-body")
 @setting_option("serve_max_window", "--max-window")
 @setting_option("serve_batch_wait_ms", "--batch-wait-ms")
+@setting_option("serve_workers", "--workers")
 @setting_option("reranker", "--reranker", "reranker_kind")
 @setting_option("serve_ui", "--ui/--no-ui")
 @click.option("--qrels", "qrels_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -1578,7 +1579,7 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_b
 @click.pass_context
 @_fail_cleanly
 def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max_body, serve_max_window,
-              serve_batch_wait_ms, reranker_kind, serve_ui, qrels_file, data_dir, split, no_warm_up):
+              serve_batch_wait_ms, serve_workers, reranker_kind, serve_ui, qrels_file, data_dir, split, no_warm_up):
     """Serve Elasticsearch's API with local reranking, in front of the cluster at ES_URL.
 
     Point any Elasticsearch client at http://HOST:PORT: a search whose retriever is a
@@ -1595,7 +1596,8 @@ def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max
 
     s = _settings(ctx, serve_host=serve_host, serve_port=serve_port, serve_queue=serve_queue,
                   serve_timeout=serve_timeout, serve_max_body=serve_max_body, serve_max_window=serve_max_window,
-                  serve_batch_wait_ms=serve_batch_wait_ms, reranker=reranker_kind, serve_ui=serve_ui)
+                  serve_batch_wait_ms=serve_batch_wait_ms, serve_workers=serve_workers, reranker=reranker_kind,
+                  serve_ui=serve_ui)
     judgments = load_judgments(qrels_file=qrels_file, data_dir=data_dir, split=split)
     if s.api_key is not None or s.username is not None:
         _echo("note: serve ignores ES_API_KEY / ES_USERNAME: each caller's own credentials go to the cluster",
@@ -1603,13 +1605,16 @@ def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max
     where = f"[{s.serve_host}]" if ":" in s.serve_host else s.serve_host
     public = "" if is_loopback(s.serve_host) else " [NOT loopback]"
     _echo(f"es-rerank serve: http://{where}:{s.serve_port} -> {s.safe_url} (reranker {s.reranker}, "
-          f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s){public}", err=True)
+          f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s"
+          f"{f', {s.serve_workers} workers (queue and models per worker)' if s.serve_workers > 1 else ''}){public}",
+          err=True)
     if s.serve_ui:
         judged = f" ({len(judgments.qrels)} judged queries of {judgments.source})" if judgments is not None else ""
         _echo(f"comparison page: http://{where}:{s.serve_port}/_es_rerank/ui{judged}", err=True)
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     serve(s, warm_up=not no_warm_up, log_level="warning" if not verbose else "info" if verbose == 1 else "debug",
-          judgments=judgments)
+          judgments=judgments, judgments_from={"qrels_file": qrels_file, "data_dir": data_dir, "split": split}
+          if judgments is not None else None)
 
 
 __all__ = ["cli", "main", "setting_option", "shared_options", "parse_filters"]

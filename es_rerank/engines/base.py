@@ -834,13 +834,27 @@ class Engine(ABC):
         Items retried after a 429 come back after the rest of their chunk: match results by
         operation and ``_id``, never by position. ``require_alias``: every ``_index`` is an
         alias, and an item whose alias is gone fails instead of creating an index.
+
+        Raises:
+            ClusterError: An item found its shard without an active primary (503: the node holding
+                it left, and no replica took over within the bulk's one-minute wait). Every later
+                chunk would wait as long, so the run stops here instead of rejecting item after item.
         """
         extra = {"require_alias": "true"} if require_alias else {}
         results = self._bulk_helper()(self.client, actions, chunk_size=chunk_size, raise_on_error=False,
                                       raise_on_exception=True, max_retries=max_retries,
                                       initial_backoff=initial_backoff, max_backoff=max_backoff, **extra)
         try:
-            yield from results
+            for ok, item in results:
+                result = next(iter(item.values()), {}) if isinstance(item, Mapping) else {}
+                if not ok and result.get("status") == 503:
+                    raise ClusterError(f"{self.display_name} could not write {result.get('_id')!r} into "
+                                       f"{result.get('_index')!r}: {self.item_error(result.get('error', {}))} "
+                                       "(a shard has no active copy to write to: is a node down?)",
+                                       status=503, error_type="unavailable_shards_exception")
+                yield ok, item
+        except ClusterError:
+            raise
         except Exception as e:  # noqa: BLE001 - translated, else re-raised
             ours = self._translate(e)
             if ours is None:
