@@ -649,13 +649,15 @@ class Engine(ABC):
 
     @staticmethod
     def check_shards(index: str, responses: Sequence[Mapping[str, Any]]) -> None:
-        """Refuse responses that some shards did not answer (``_shards.failed`` > 0).
+        """Refuse responses that some shards did not answer: ``_shards.failed`` > 0, or fewer
+        successful and skipped shards than the total (OpenSearch counts a shard with no active
+        copy in ``total`` alone, not in ``failed``).
 
         Raises:
             PartialResultsError: A response counts failed shards; it carries the counts and reasons.
 
         Example:
-            >>> Engine.check_shards("docs", [{"_shards": {"total": 2, "successful": 2, "failed": 0}}])
+            >>> Engine.check_shards("docs", [{"_shards": {"total": 2, "successful": 1, "skipped": 1, "failed": 0}}])
             >>> Engine.check_shards("docs", [{"_shards": {"total": 2, "successful": 1, "failed": 1,
             ...                                    "failures": [{"reason": {"reason": "node left"}}]}}])
             Traceback (most recent call last):
@@ -666,7 +668,8 @@ class Engine(ABC):
         reasons: list[str] = []
         for resp in responses:
             shards = resp.get("_shards") or {}
-            failed += int(shards.get("failed") or 0)
+            answered = int(shards.get("successful") or 0) + int(shards.get("skipped") or 0)
+            failed += max(int(shards.get("failed") or 0), int(shards.get("total") or 0) - answered)
             total += int(shards.get("total") or 0)
             for failure in shards.get("failures") or []:
                 reason = failure.get("reason") if isinstance(failure, Mapping) else failure
