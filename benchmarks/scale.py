@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"scale-{engine.name}-{report['date']}.json").write_text(json.dumps(report, indent=2) + "\n")
+        nodes = rows[0]["nodes"] if rows else 0
+        name = f"scale-{engine.name}-{nodes}node{'s' if nodes != 1 else ''}-{args.sizes.replace(',', '-')}.json"
+        (out / name).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
