@@ -307,7 +307,8 @@ def cluster_status(port, cluster_engine, nodes, as_json):
         _echo(f"running: {_display(status['engine'])} {status['version']} at {status['url']} "
               f"(health {status['health']}){plugins}")
     else:
-        _echo(f"not running at {status['url']}" if len(status["nodes"]) == 1 else "not every node is running")
+        some = any(node["running"] for node in status["nodes"])
+        _echo("not every node is running" if some else f"not running at {status['url']}")
     if len(status["nodes"]) > 1 and not as_json:
         for node in status["nodes"]:
             state = "running" if node["running"] else "not running"
