@@ -236,13 +236,13 @@ def main() -> None:
 @cli.group()
 @shared_options
 def cluster():
-    """Run a local single-node Elasticsearch or OpenSearch without Docker (from Maven Central)."""
+    """Run a local Elasticsearch or OpenSearch of one or more nodes without Docker (from Maven Central)."""
 
 
-def _local_cluster(engine: str | None, port: int | None):
+def _local_cluster(engine: str | None, port: int | None, nodes: int | None = None, heap: str | None = None):
     from .cluster import LocalCluster
 
-    return LocalCluster(engine=engine, port=port)
+    return LocalCluster(engine=engine, port=port, nodes=nodes, heap=heap)
 
 
 def _display(engine: str) -> str:
@@ -257,6 +257,9 @@ _cluster_options = [
     click.option("--engine", "cluster_engine", type=click.Choice(["elasticsearch", "opensearch"]), default=None,
                  envvar="ES_RERANK_CLUSTER_ENGINE",
                  help="Which engine to run [env ES_RERANK_CLUSTER_ENGINE; default elasticsearch]."),
+    click.option("--nodes", type=int, default=None, envvar="ES_RERANK_CLUSTER_NODES",
+                 help="How many nodes, on consecutive ports from --port, each with its own folder and heap "
+                      "[env ES_RERANK_CLUSTER_NODES; default: as recorded at the last start, else 1]."),
 ]
 
 
@@ -268,23 +271,25 @@ def _with_cluster_options(fn):
 
 @cluster.command("start")
 @_with_cluster_options
-@click.option("--timeout", type=float, default=180.0, help="Seconds to wait for the node to become healthy.")
+@click.option("--heap", default=None, envvar="ES_RERANK_CLUSTER_HEAP",
+              help="JVM heap of each node, e.g. 512m [env ES_RERANK_CLUSTER_HEAP; default 1g].")
+@click.option("--timeout", type=float, default=180.0, help="Seconds to wait for the cluster to become healthy.")
 @_fail_cleanly
-def cluster_start(port, cluster_engine, timeout):
-    """Fetch (once) and start the local node; a no-op when it already runs."""
-    c = _local_cluster(cluster_engine, port)
+def cluster_start(port, cluster_engine, nodes, heap, timeout):
+    """Fetch (once) and start the local nodes that are not running; a no-op when all run."""
+    c = _local_cluster(cluster_engine, port, nodes, heap)
     url = c.start(timeout=timeout)
     status = c.status()
-    _echo(f"{_display(status['engine'])} {status['version']} is up at {url} (health {status['health']}); "
-          f"export ES_URL={url}")
+    _echo(f"{_display(status['engine'])} {status['version']} is up at {url} (health {status['health']}, "
+          f"{len(status['nodes'])} node(s)); export ES_URL={url}")
 
 
 @cluster.command("stop")
 @_with_cluster_options
 @_fail_cleanly
-def cluster_stop(port, cluster_engine):
-    """Stop the local node (only a process that is provably the node this command started)."""
-    stopped = _local_cluster(cluster_engine, port).stop()
+def cluster_stop(port, cluster_engine, nodes):
+    """Stop the local nodes (only processes that are provably the nodes es-rerank started there)."""
+    stopped = _local_cluster(cluster_engine, port, nodes).stop()
     _echo("stopped" if stopped else "not running")
 
 
@@ -292,9 +297,9 @@ def cluster_stop(port, cluster_engine):
 @_with_cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_fail_cleanly
-def cluster_status(port, cluster_engine, as_json):
-    """Show whether the local node runs; exit 1 when it does not."""
-    status = _local_cluster(cluster_engine, port).status()
+def cluster_status(port, cluster_engine, nodes, as_json):
+    """Show whether the local nodes run; exit 1 when one does not."""
+    status = _local_cluster(cluster_engine, port, nodes).status()
     if as_json:
         _echo(json.dumps(status, indent=2, default=str))
     elif status["running"]:
@@ -302,7 +307,13 @@ def cluster_status(port, cluster_engine, as_json):
         _echo(f"running: {_display(status['engine'])} {status['version']} at {status['url']} "
               f"(health {status['health']}){plugins}")
     else:
-        _echo(f"not running at {status['url']}")
+        some = any(node["running"] for node in status["nodes"])
+        _echo("not every node is running" if some else f"not running at {status['url']}")
+    if len(status["nodes"]) > 1 and not as_json:
+        for node in status["nodes"]:
+            state = "running" if node["running"] else "not running"
+            _echo(f"  {node['name']}: {state} at {node['url']} (transport {node['transport_port']}, "
+                  f"pid {node['pid'] or '-'})")
     sys.exit(0 if status["running"] else 1)
 
 
@@ -1638,6 +1649,7 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_b
 @setting_option("serve_max_body", "--max-body")
 @setting_option("serve_max_window", "--max-window")
 @setting_option("serve_batch_wait_ms", "--batch-wait-ms")
+@setting_option("serve_workers", "--workers")
 @setting_option("reranker", "--reranker", "reranker_kind")
 @setting_option("serve_ui", "--ui/--no-ui")
 @click.option("--qrels", "qrels_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -1650,7 +1662,7 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_b
 @click.pass_context
 @_fail_cleanly
 def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max_body, serve_max_window,
-              serve_batch_wait_ms, reranker_kind, serve_ui, qrels_file, data_dir, split, no_warm_up):
+              serve_batch_wait_ms, serve_workers, reranker_kind, serve_ui, qrels_file, data_dir, split, no_warm_up):
     """Serve Elasticsearch's API with local reranking, in front of the cluster at ES_URL.
 
     Point any Elasticsearch client at http://HOST:PORT: a search whose retriever is a
@@ -1667,7 +1679,8 @@ def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max
 
     s = _settings(ctx, serve_host=serve_host, serve_port=serve_port, serve_queue=serve_queue,
                   serve_timeout=serve_timeout, serve_max_body=serve_max_body, serve_max_window=serve_max_window,
-                  serve_batch_wait_ms=serve_batch_wait_ms, reranker=reranker_kind, serve_ui=serve_ui)
+                  serve_batch_wait_ms=serve_batch_wait_ms, serve_workers=serve_workers, reranker=reranker_kind,
+                  serve_ui=serve_ui)
     judgments = load_judgments(qrels_file=qrels_file, data_dir=data_dir, split=split)
     if s.api_key is not None or s.username is not None:
         _echo("note: serve ignores ES_API_KEY / ES_USERNAME: each caller's own credentials go to the cluster",
@@ -1675,13 +1688,16 @@ def serve_cmd(ctx, serve_host, serve_port, serve_queue, serve_timeout, serve_max
     where = f"[{s.serve_host}]" if ":" in s.serve_host else s.serve_host
     public = "" if is_loopback(s.serve_host) else " [NOT loopback]"
     _echo(f"es-rerank serve: http://{where}:{s.serve_port} -> {s.safe_url} (reranker {s.reranker}, "
-          f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s){public}", err=True)
+          f"queue {s.serve_queue}, timeout {s.serve_timeout:g}s"
+          f"{f', {s.serve_workers} workers (queue and models per worker)' if s.serve_workers > 1 else ''}){public}",
+          err=True)
     if s.serve_ui:
         judged = f" ({len(judgments.qrels)} judged queries of {judgments.source})" if judgments is not None else ""
         _echo(f"comparison page: http://{where}:{s.serve_port}/_es_rerank/ui{judged}", err=True)
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)
     serve(s, warm_up=not no_warm_up, log_level="warning" if not verbose else "info" if verbose == 1 else "debug",
-          judgments=judgments)
+          judgments=judgments, judgments_from={"qrels_file": qrels_file, "data_dir": data_dir, "split": split}
+          if judgments is not None else None)
 
 
 __all__ = ["cli", "main", "setting_option", "shared_options", "parse_filters"]

@@ -186,6 +186,9 @@ class Settings:
                                      "accepts")
     serve_batch_wait_ms: float = _setting(5.0, "ES_RERANK_SERVE_BATCH_WAIT_MS",
                                           "how long `serve` waits to batch pairs of concurrent requests; `0` off")
+    serve_workers: int = _setting(1, "ES_RERANK_SERVE_WORKERS",
+                                  "`serve` processes on the one port, each with its own models, queue and metrics "
+                                  "(they share only the cluster)")
     serve_ui: bool = _setting(True, "ES_RERANK_SERVE_UI",
                               "`serve` answers `/_es_rerank/ui`, the page comparing hybrid and reranked rankings; "
                               "`false` off")
@@ -228,6 +231,8 @@ class Settings:
                      "serve_queue", "serve_max_body", "serve_max_window"):
             if getattr(self, name) < 1:
                 raise bad(name, f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.serve_workers <= 64:
+            raise bad("serve_workers", f"serve_workers must be from 1 to 64, got {self.serve_workers}")
         if not 1 <= self.serve_port <= 65535:
             raise bad("serve_port", f"serve_port must be a port number (1-65535), got {self.serve_port}")
         if self.serve_batch_wait_ms < 0:

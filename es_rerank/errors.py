@@ -221,3 +221,28 @@ class TrainingRefusedError(EsRerankError, ValueError):
         super().__init__(message)
         self.reason = reason
         self.values = values
+
+
+class PartialResultsError(ClusterError):
+    """Some shards did not answer a search, so its hits are not the whole index's: refused, never passed off as whole.
+
+    The cluster answers such a search with HTTP 200 and counts the missing shards in
+    ``_shards.failed`` (a node holding the only copy of a shard is down, a shard is still
+    recovering, ...). es-rerank does not rerank part of an index as if it were all of it.
+
+    Attributes:
+        index: The index (or expression) searched.
+        failed: Shards that failed, summed over the searches of one retrieval.
+        total: Shards asked, summed likewise.
+        reasons: The distinct failure reasons the cluster gave (at most five).
+    """
+
+    def __init__(self, index: str, *, failed: int, total: int, reasons: list[str]):
+        why = f": {'; '.join(reasons)}" if reasons else ""
+        super().__init__(f"{failed} of {total} shard searches of {index!r} failed, so the results would be partial; "
+                         f"nothing was reranked (is a node down? add replicas to keep answering when one is){why}",
+                         status=503, error_type="es_rerank_partial_results_exception")
+        self.index = index
+        self.failed = failed
+        self.total = total
+        self.reasons = list(reasons)

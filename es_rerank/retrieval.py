@@ -195,6 +195,7 @@ def run(engine: Engine, plan: Plan, *, window: int, headers: Mapping[str, str] |
     Raises:
         ConfigError: See :func:`choose_fusion`.
         ValidationError: A retriever option the engine does not take.
+        PartialResultsError: Some shards did not answer (:meth:`Engine.check_shards`).
         IndexMissingError, ClusterError: From the cluster.
     """
     read = chunk_reader(engine) if read is None else read
@@ -202,6 +203,7 @@ def run(engine: Engine, plan: Plan, *, window: int, headers: Mapping[str, str] |
     if fusion == "server" and isinstance(plan.root, Rrf):
         resp = engine.search(plan.index, engine.fused_body(plan.root, size=window, source=plan.source),
                              headers=headers)
+        engine.check_shards(plan.index, [resp])
         hits, raw = read(resp)
         return Retrieved(hits[:window], raw, [resp], fusion, float(resp.get("took", 0)))
     bodies = [engine.leaf_body(node, size=size, source=plan.source) for node, size in leaves(plan.root, window)]
@@ -210,6 +212,7 @@ def run(engine: Engine, plan: Plan, *, window: int, headers: Mapping[str, str] |
         took = responses[0].get("took", 0)
     else:
         took, responses = engine.msearch(plan.index, bodies, headers=headers)
+    engine.check_shards(plan.index, responses)
     lists, raw = [], {}
     for resp in responses:
         hits, found = read(resp)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from es_rerank.cluster import SERVICE_USER, LocalCluster, analysis_plugin, find_java, procs, safefs
-from es_rerank.cluster.engines import OPENSEARCH
+from es_rerank.cluster.engines import ELASTICSEARCH, OPENSEARCH
 from es_rerank.errors import ClusterError
 
 if not Path("/proc/self/cmdline").exists():
@@ -149,6 +149,83 @@ def test_constructor_validates_and_names_the_value():
         LocalCluster(heap="1 g")
     with pytest.raises(ClusterError, match="white space"):
         LocalCluster(home="/tmp/a b")
+
+
+def test_one_node_keeps_single_node_discovery():
+    from es_rerank.cluster.topology import Topology
+
+    topo = Topology("elasticsearch", 9200)
+    (node,) = topo.nodes
+    assert topo.node_settings(node, cluster_name="c") == {
+        "cluster.name": "c", "node.name": "es-rerank-elasticsearch-9200", "network.host": "127.0.0.1",
+        "http.port": 9200, "transport.port": 9300, "discovery.type": "single-node"}
+
+
+@pytest.mark.parametrize("engine", [ELASTICSEARCH, OPENSEARCH])
+def test_three_nodes_on_consecutive_ports_find_each_other(engine):
+    from es_rerank.cluster.topology import Topology
+
+    topo = Topology(engine.name, 9230, 3, engine.bootstrap_setting)
+    names = [f"es-rerank-{engine.name}-{p}" for p in (9230, 9231, 9232)]
+    assert [(n.index, n.http_port, n.transport_port, n.name) for n in topo.nodes] == \
+        [(0, 9230, 9330, names[0]), (1, 9231, 9331, names[1]), (2, 9232, 9332, names[2])]
+    bootstrap = "cluster.initial_master_nodes" if engine.name == "elasticsearch" \
+        else "cluster.initial_cluster_manager_nodes"
+    assert topo.node_settings(topo.nodes[1], cluster_name="c") == {
+        "cluster.name": "c", "node.name": names[1], "network.host": "127.0.0.1", "http.port": 9231,
+        "transport.port": 9331, "discovery.seed_hosts": ["127.0.0.1:9330", "127.0.0.1:9331", "127.0.0.1:9332"],
+        bootstrap: names}
+
+
+def test_topology_validates_and_records():
+    from es_rerank.cluster.topology import Topology
+
+    for size in (0, 10, True, "3"):
+        with pytest.raises(ClusterError, match="nodes must be an integer from 1 to 9"):
+            Topology("elasticsearch", 9200, size)
+    with pytest.raises(ClusterError, match=r"port must be an integer from 1024 to 65433 for 3 node"):
+        Topology("elasticsearch", 65434, 3)
+    topo = Topology("opensearch", 9240, 3)
+    record = Topology.read_record(topo.record(topo.nodes[2]).decode(), where="r")
+    assert record == {"engine": "opensearch", "first_port": 9240, "nodes": 3, "index": 2}
+    topo.check_record(topo.nodes[2], record, where="f")
+    with pytest.raises(ClusterError, match=r"f is node 3 of a 3-node cluster whose first HTTP port is 9240, not "
+                                           r"node 1 of 1 from port 9242; use --port 9240 --nodes 3"):
+        Topology("opensearch", 9242).check_record(Topology("opensearch", 9242).nodes[0], record, where="f")
+    # a folder from before records held one node: never part of a bigger cluster
+    with pytest.raises(ClusterError, match="node 1 of a 1-node cluster"):
+        topo.check_record(topo.nodes[0], None, where="f")
+    Topology("opensearch", 9240).check_record(Topology("opensearch", 9240).nodes[0], None, where="f")
+    for text in ("not json", "[]", '{"nodes": 3}'):
+        with pytest.raises(ClusterError, match="not written by es-rerank"):
+            Topology.read_record(text, where="r")
+
+
+def test_nodes_from_argument_environment_or_record(monkeypatch, tmp_path):
+    from es_rerank.cluster.topology import RECORD_FILE
+
+    monkeypatch.delenv("ES_RERANK_CLUSTER_NODES", raising=False)
+    assert len(LocalCluster(home=tmp_path, port=9230).nodes) == 1
+    folder = tmp_path / "elasticsearch-node-9230"
+    folder.mkdir()
+    (folder / RECORD_FILE).write_text('{"engine": "elasticsearch", "first_port": 9230, "nodes": 3, "index": 0}')
+    cluster = LocalCluster(home=tmp_path, port=9230)
+    assert [n.http_port for n in cluster.nodes] == [9230, 9231, 9232]
+    assert cluster.node_dirs == [tmp_path / f"elasticsearch-node-{p}" for p in (9230, 9231, 9232)]
+    assert len(LocalCluster(home=tmp_path, port=9230, nodes=2).nodes) == 2  # the argument wins (start refuses)
+    monkeypatch.setenv("ES_RERANK_CLUSTER_NODES", "5")
+    assert len(LocalCluster(home=tmp_path, port=9230).nodes) == 5
+    monkeypatch.setenv("ES_RERANK_CLUSTER_NODES", "three")
+    with pytest.raises(ClusterError, match="ES_RERANK_CLUSTER_NODES must be a number of nodes, got 'three'"):
+        LocalCluster(home=tmp_path, port=9230)
+    monkeypatch.delenv("ES_RERANK_CLUSTER_NODES")
+    with pytest.raises(ClusterError, match="nodes must be an integer from 1 to 9, got 12"):
+        LocalCluster(port=9230, nodes=12)
+    middle = tmp_path / "elasticsearch-node-9231"
+    middle.mkdir()
+    (middle / RECORD_FILE).write_text('{"engine": "elasticsearch", "first_port": 9230, "nodes": 3, "index": 1}')
+    with pytest.raises(ClusterError, match="this is node 2 of a cluster whose first HTTP port is 9230; use --port 9230"):
+        LocalCluster(home=tmp_path, port=9231).nodes
 
 
 def test_defaults_per_engine(monkeypatch):

@@ -137,8 +137,8 @@ def test_explain_cluster_shows_the_local_cluster_variables(tmp_path):
     from es_rerank.cluster.local import explain_cluster
 
     rows = {r.env: r for r in explain_cluster(env={"XDG_CACHE_HOME": str(tmp_path)})}
-    assert set(rows) == {"ES_RERANK_CLUSTER_ENGINE", "ES_RERANK_CLUSTER_PORT", "ES_RERANK_CLUSTER_HEAP",
-                         "ES_RERANK_CLUSTER_DIR", "ES_JAVA_HOME"}
+    assert set(rows) == {"ES_RERANK_CLUSTER_ENGINE", "ES_RERANK_CLUSTER_PORT", "ES_RERANK_CLUSTER_NODES",
+                         "ES_RERANK_CLUSTER_HEAP", "ES_RERANK_CLUSTER_DIR", "ES_JAVA_HOME"}
     assert {r.source for r in rows.values()} == {"default"}
     assert (rows["ES_RERANK_CLUSTER_ENGINE"].value, rows["ES_RERANK_CLUSTER_PORT"].value) == ("elasticsearch", "9200")
     rows = {r.env: r for r in explain_cluster(env={"ES_RERANK_CLUSTER_ENGINE": "opensearch", "JAVA_HOME": "/jdk",

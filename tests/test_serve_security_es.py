@@ -52,8 +52,8 @@ class SecuredCluster(LocalCluster):
         super().__init__(engine="elasticsearch", **kwargs)
         self.password = password
 
-    def _sync_config(self, java, user):
-        super()._sync_config(java, user)
+    def _sync_config(self, node, java, user):
+        super()._sync_config(node, java, user)
         conf = self.node_dir / "config"
         gid = None if user is None else user.gid
         yml = (conf / "elasticsearch.yml").read_text()
@@ -94,11 +94,11 @@ class SecuredCluster(LocalCluster):
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
-    def _probe(self):
+    def _probe(self, node=None):
         health = self._health()
         return None if health is None else (health, "elasticsearch")
 
-    def _wait_healthy(self, deadline: float, *, launched: bool) -> None:
+    def _wait_healthy(self, deadline: float, *, launched: tuple) -> None:
         while time.monotonic() < deadline:
             health = self._health("?wait_for_status=yellow&timeout=2s")
             if health is not None and health.get("status") in ("yellow", "green") and self.is_ours(health):

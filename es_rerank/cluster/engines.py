@@ -52,6 +52,7 @@ class Engine:
     conf_var: str
     java_opts_var: str
     version_key: str
+    bootstrap_setting: str = "cluster.initial_master_nodes"  # lists the first master-eligible nodes
     settings: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
     def coordinates(self, version: str) -> str:
@@ -140,6 +141,7 @@ OPENSEARCH = OpenSearchEngine(
     conf_var="OPENSEARCH_PATH_CONF",
     java_opts_var="OPENSEARCH_JAVA_OPTS",
     version_key="opensearch.version",
+    bootstrap_setting="cluster.initial_cluster_manager_nodes",
 )
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (ELASTICSEARCH, OPENSEARCH)}

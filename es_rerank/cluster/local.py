@@ -23,6 +23,7 @@ process only when it is provably this node (see :mod:`.procs`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from ..config import SettingInfo
 from ..errors import ClusterError
 from . import maven, procs, safefs
 from .engines import ENGINES, Engine
+from .topology import RECORD_FILE, TRANSPORT_OFFSET, NodeSpec, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ MIN_JAVA = 21
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # settings es-rerank owns: overriding them could expose an unsecured node or move its data
-_PROTECTED_PREFIXES = ("network.", "path.", "discovery.", "xpack.security.", "cluster.initial_master_nodes")
+_PROTECTED_PREFIXES = ("network.", "path.", "discovery.", "xpack.security.", "cluster.initial_master_nodes",
+                       "cluster.initial_cluster_manager_nodes")
 _PROTECTED_KEYS = {"cluster.name", "node.name", "http.port", "transport.port", "http.host", "http.bind_host",
                    "http.publish_host", "transport.host", "transport.bind_host", "transport.publish_host"}
 _SETTING_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -104,6 +107,7 @@ def explain_cluster(env: Mapping[str, str] | None = None) -> list[SettingInfo]:
     return [
         row("cluster_engine", "ES_RERANK_CLUSTER_ENGINE", "elasticsearch"),
         row("cluster_port", "ES_RERANK_CLUSTER_PORT", port),
+        row("cluster_nodes", "ES_RERANK_CLUSTER_NODES", "1 (or as recorded in the first node's folder)"),
         row("cluster_heap", "ES_RERANK_CLUSTER_HEAP", "1g"),
         row("cluster_dir", "ES_RERANK_CLUSTER_DIR", str(default_home(env))),
         jdk,
@@ -196,7 +200,7 @@ def _yaml_scalar(value: object) -> str:
 
 
 class LocalCluster:
-    """A single-node Elasticsearch or OpenSearch under ``home``, on 127.0.0.1:``port``.
+    """A local Elasticsearch or OpenSearch of one or more nodes under ``home``, from 127.0.0.1:``port``.
 
     The constructor only validates and stores; nothing is fetched or started before
     :meth:`start` (or :meth:`prepare`).
@@ -207,13 +211,17 @@ class LocalCluster:
         version: Server version. Defaults to the version this package pins for the engine
             (``es_rerank._versions``).
         home: Folder for distributions and nodes. Defaults to :func:`default_home`.
-        port: HTTP port (the transport port is ``port + 100``). Defaults to
-            ``ES_RERANK_CLUSTER_PORT``, else 9200 for Elasticsearch and 9202 for OpenSearch.
+        port: HTTP port of the first node (the transport port is ``port + 100``; further nodes
+            take the next ports). Defaults to ``ES_RERANK_CLUSTER_PORT``, else 9200 for
+            Elasticsearch and 9202 for OpenSearch.
         heap: JVM heap (``-Xms``/``-Xmx``), e.g. ``"512m"``. Defaults to
             ``ES_RERANK_CLUSTER_HEAP`` or ``"1g"``.
         extra_settings: More node settings, written into the node's config file at each
             start, e.g. ``{"thread_pool.write.queue_size": 1}``. Settings es-rerank owns
             (network, paths, ports, discovery, security, names) are refused. Defaults to none.
+        nodes: How many nodes (1 to 9), each with its own folder, heap and ports, joined into
+            one cluster. Defaults to ``ES_RERANK_CLUSTER_NODES``, else the count recorded in the
+            first node's folder, else 1 (a single node with ``discovery.type: single-node``).
 
     Example:
         >>> from es_rerank.cluster import LocalCluster
@@ -226,7 +234,7 @@ class LocalCluster:
 
     def __init__(self, engine: str | None = None, version: str | None = None, home: str | Path | None = None,
                  port: int | None = None, heap: str | None = None,
-                 extra_settings: Mapping[str, object] | None = None) -> None:
+                 extra_settings: Mapping[str, object] | None = None, nodes: int | None = None) -> None:
         if engine is None:
             engine = os.environ.get("ES_RERANK_CLUSTER_ENGINE") or "elasticsearch"
         if engine not in ENGINES:
@@ -245,9 +253,9 @@ class LocalCluster:
             if env_port and not env_port.strip().isdigit():
                 raise ClusterError(f"ES_RERANK_CLUSTER_PORT must be a port number, got {env_port!r}")
             port = int(env_port) if env_port else self._engine.default_port
-        if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65435:
-            raise ClusterError(f"port must be an integer from 1024 to 65435 (the transport port is port + 100), "
-                               f"got {port!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535 - TRANSPORT_OFFSET:
+            raise ClusterError(f"port must be an integer from 1024 to {65535 - TRANSPORT_OFFSET} (the transport "
+                               f"port is port + {TRANSPORT_OFFSET}), got {port!r}")
         self._port = port
         if heap is None:
             heap = os.environ.get("ES_RERANK_CLUSTER_HEAP") or "1g"
@@ -255,6 +263,14 @@ class LocalCluster:
             raise ClusterError(f"heap must be a JVM size such as 512m or 1g, got {heap!r}")
         self._heap = heap
         self._extra = MappingProxyType(self._check_settings(extra_settings or {}))
+        if nodes is None:
+            env_nodes = os.environ.get("ES_RERANK_CLUSTER_NODES")
+            if env_nodes and not env_nodes.strip().isdigit():
+                raise ClusterError(f"ES_RERANK_CLUSTER_NODES must be a number of nodes, got {env_nodes!r}")
+            nodes = int(env_nodes) if env_nodes else None
+        if nodes is not None:
+            Topology(self._engine.name, port, nodes)  # validates the count and the ports it takes
+        self._nodes_arg = nodes
 
     @staticmethod
     def _check_settings(settings: Mapping[str, object]) -> dict[str, object]:
@@ -301,7 +317,40 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
+        """The first node's URL (any node of the cluster answers for all)."""
         return f"http://127.0.0.1:{self._port}"
+
+    @functools.cached_property
+    def topology(self) -> Topology:
+        """The nodes: as given (or ``ES_RERANK_CLUSTER_NODES``), else as recorded in the first node's folder, else 1.
+
+        Raises:
+            ClusterError: The record in the first node's folder is not one es-rerank writes,
+                or the folder is a later node of another cluster.
+        """
+        size = self._nodes_arg
+        if size is None:
+            first = NodeSpec(0, self._port, self._port + TRANSPORT_OFFSET, "")
+            where = str(self._node_dir(first) / RECORD_FILE)
+            record = Topology.read_record(safefs.read_text(self._node_dir(first) / RECORD_FILE), where=where)
+            if record is not None and record["index"] != 0:
+                raise ClusterError(f"{where}: this is node {record['index'] + 1} of a cluster whose first HTTP port "
+                                   f"is {record['first_port']}; use --port {record['first_port']}")
+            size = record["nodes"] if record is not None else 1
+        return Topology(self._engine.name, self._port, size, self._engine.bootstrap_setting)
+
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        return self.topology.nodes
+
+    def _node_dir(self, node: NodeSpec) -> Path:
+        return self._home / f"{self._engine.name}-node-{node.http_port}"
+
+    def _pid_file(self, node: NodeSpec) -> Path:
+        return self._node_dir(node) / "run" / f"{self._engine.name}.pid"
+
+    def _log_file(self, node: NodeSpec) -> Path:
+        return self._node_dir(node) / "logs" / f"{CLUSTER_NAME}.log"
 
     @property
     def dist_dir(self) -> Path:
@@ -309,7 +358,12 @@ class LocalCluster:
 
     @property
     def node_dir(self) -> Path:
+        """The first node's folder."""
         return self._home / f"{self._engine.name}-node-{self._port}"
+
+    @property
+    def node_dirs(self) -> list[Path]:
+        return [self._node_dir(n) for n in self.nodes]
 
     @property
     def pid_file(self) -> Path:
@@ -329,9 +383,9 @@ class LocalCluster:
 
     # -- what answers on the port ---------------------------------------------------
 
-    def _probe(self) -> tuple[dict, str] | None:
-        """Health JSON and engine name (or ``"unknown"``) of whatever answers on the port."""
-        got = _http(f"{self.url}/_cluster/health")
+    def _probe(self, node: NodeSpec | None = None) -> tuple[dict, str] | None:
+        """Health JSON and engine name (or ``"unknown"``) of whatever answers on a node's port (the first's by default)."""
+        got = _http(f"{self.url if node is None else node.url}/_cluster/health")
         if got is None:
             return None
         body, headers = got
@@ -350,58 +404,69 @@ class LocalCluster:
         """Whether a health answer comes from an es-rerank node (any engine)."""
         return bool(info) and info.get("cluster_name") == CLUSTER_NAME
 
-    def _identity(self) -> procs.NodeIdentity | None:
+    def _identity(self, node: NodeSpec | None = None) -> procs.NodeIdentity | None:
         user = _service_user(create=False)
         if os.geteuid() == 0 and user is None:
             return None  # as root, nodes only ever run as the service user: none can exist
         uid = os.geteuid() if user is None else user.uid
         main_class = self._engine.main_class
-        return procs.NodeIdentity(main_class=main_class, node_dir=self.node_dir, uid=uid)
+        node_dir = self.node_dir if node is None else self._node_dir(node)
+        return procs.NodeIdentity(main_class=main_class, node_dir=node_dir, uid=uid)
 
-    def pid(self) -> int | None:
-        """The node's pid when the pid file names a process that is provably this node."""
-        identity = self._identity()
+    def pid(self, node: NodeSpec | None = None) -> int | None:
+        """A node's pid (the first's by default) when it is provably that node (see :mod:`.procs`)."""
+        node = self.nodes[0] if node is None else node
+        identity = self._identity(node)
         if identity is None:
             return None
-        pid = procs.read_pid(safefs.read_text(self.pid_file))
+        pid = procs.read_pid(safefs.read_text(self._pid_file(node)))
         if pid is not None and identity.matches(pid):
             return pid
         found = identity.find()
         return found[0] if found else None
 
     def status(self) -> dict:
-        """Describe the node.
+        """Describe the cluster and each of its nodes.
 
         Returns:
             ``engine``, ``version`` (the running node's, else the configured one),
-            ``url``, ``running`` (a search engine answers on the port), ``managed`` (it
-            is an es-rerank node of this engine), ``health`` (green/yellow/red or None),
-            ``pid`` (only a process provably this node), ``home``, ``node_dir`` and
-            ``plugins`` (the running node's, else those installed in the distribution).
+            ``url`` (the first node's), ``running`` (a search engine answers on every
+            node's port), ``managed`` (they are es-rerank nodes of this engine),
+            ``health`` (green/yellow/red or None, from the first node that answers),
+            ``pid`` (the first node's, only a process provably that node), ``home``,
+            ``node_dir`` (the first node's), ``plugins`` (the running node's, else those
+            installed in the distribution), and ``nodes``: per node ``name``, ``url``,
+            ``transport_port``, ``running``, ``managed``, ``pid`` and ``node_dir``.
         """
-        probe = self._probe()
-        running = probe is not None
-        managed = running and self.is_ours(probe[0]) and probe[1] == self._engine.name
-        version = self._version
-        plugins: list[str] = []
-        if running:
-            nodes = _http(f"{self.url}/_nodes/_local/plugins?filter_path=nodes.*.version,nodes.*.plugins.name")
-            for node in ((nodes[0] if nodes else {}).get("nodes") or {}).values():
-                version = node.get("version", version)
-                plugins = sorted(p["name"] for p in node.get("plugins") or [])
-        else:
-            plugins = self._installed_plugins()
+        per_node, answers = [], []
+        for node in self.nodes:
+            probe = self._probe(node)
+            managed = probe is not None and self.is_ours(probe[0]) and probe[1] == self._engine.name
+            per_node.append({"name": node.name, "url": node.url, "transport_port": node.transport_port,
+                             "running": probe is not None, "managed": managed, "pid": self.pid(node),
+                             "node_dir": str(self._node_dir(node))})
+            if probe is not None:
+                answers.append((node, probe))
+        version, plugins = self._version, self._installed_plugins()
+        if answers:
+            node, probe = answers[0]
+            found = _http(f"{node.url}/_nodes/_local/plugins?filter_path=nodes.*.version,nodes.*.plugins.name")
+            for info in ((found[0] if found else {}).get("nodes") or {}).values():
+                version = info.get("version", version)
+                plugins = sorted(p["name"] for p in info.get("plugins") or [])
         return {
-            "engine": probe[1] if running else self._engine.name,
+            "engine": answers[0][1][1] if answers else self._engine.name,
             "version": version,
             "url": self.url,
-            "running": running,
-            "managed": managed,
-            "health": probe[0].get("status") if running else None,
-            "pid": self.pid(),
+            "running": len(answers) == len(per_node),
+            "managed": bool(answers) and all(n["managed"] for n in per_node),
+            "health": answers[0][1][0].get("status") if answers else None,
+            "number_of_nodes": answers[0][1][0].get("number_of_nodes") if answers else None,
+            "pid": per_node[0]["pid"],
             "home": str(self._home),
             "node_dir": str(self.node_dir),
             "plugins": plugins,
+            "nodes": per_node,
         }
 
     def _installed_plugins(self) -> list[str]:
@@ -411,9 +476,10 @@ class LocalCluster:
             return []
         return sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the server log, else of the launcher's output."""
-        for path in (self.log_file, self.launcher_log):
+    def log_tail(self, lines: int = 40, node: NodeSpec | None = None) -> str:
+        """The last lines of a node's server log (the first node's by default), else of its launcher's output."""
+        folder = self.node_dir if node is None else self._node_dir(node)
+        for path in (folder / "logs" / f"{CLUSTER_NAME}.log", folder / "launcher.log"):
             text = safefs.read_text(path, limit=256 * 1024)
             if text:
                 return "\n".join(text.splitlines()[-lines:])
@@ -504,24 +570,20 @@ class LocalCluster:
     def _node_owner(self, user: ServiceUser | None) -> tuple[int, int]:
         return (user.uid, user.gid) if user is not None else (os.geteuid(), os.getegid())
 
-    def _sync_config(self, java: Path, user: ServiceUser | None) -> None:
-        """(Re)write the node's config folder from the distribution's, plus its settings."""
-        conf = self.node_dir / "config"
+    def _sync_config(self, node: NodeSpec, java: Path, user: ServiceUser | None) -> None:
+        """(Re)write a node's config folder from the distribution's, plus its settings."""
+        node_dir = self._node_dir(node)
+        conf = node_dir / "config"
         group = None if user is None else user.gid
         safefs.sync_tree(self.dist_dir / "config", conf, dir_mode=0o750, file_mode=0o640, gid=group,
                          skip=frozenset({self._engine.config_file, "jvm.options"}))
         text = (self.dist_dir / "config" / "jvm.options").read_text()
-        text = self._engine.jvm_options(text, node_dir=self.node_dir, dist=self.dist_dir)
+        text = self._engine.jvm_options(text, node_dir=node_dir, dist=self.dist_dir)
         safefs.write_file(conf / "jvm.options", text.encode(), mode=0o640, gid=group)
         settings: dict[str, object] = {
-            "cluster.name": CLUSTER_NAME,
-            "node.name": f"es-rerank-{self._engine.name}-{self._port}",
-            "network.host": "127.0.0.1",
-            "http.port": self._port,
-            "transport.port": self._port + 100,
-            "discovery.type": "single-node",
-            "path.data": str(self.node_dir / "data"),
-            "path.logs": str(self.node_dir / "logs"),
+            **self.topology.node_settings(node, cluster_name=CLUSTER_NAME),
+            "path.data": str(node_dir / "data"),
+            "path.logs": str(node_dir / "logs"),
             "cluster.routing.allocation.disk.threshold_enabled": False,
             **self._engine.settings,
             **self._extra,
@@ -542,101 +604,124 @@ class LocalCluster:
             finally:
                 os.close(fd)
 
-    def _prepare_node_dir(self, user: ServiceUser | None) -> None:
+    def _prepare_node_dir(self, node: NodeSpec, user: ServiceUser | None) -> None:
         uid, gid = self._node_owner(user)
-        if safefs.lstat_or_none(self.node_dir) is None:
-            safefs.record_created(self._home, self.node_dir.name)
-            safefs.make_dir(self.node_dir, mode=0o750, gid=None if user is None else user.gid)
+        node_dir = self._node_dir(node)
+        record = node_dir / RECORD_FILE
+        if safefs.lstat_or_none(node_dir) is None:
+            safefs.record_created(self._home, node_dir.name)
+            safefs.make_dir(node_dir, mode=0o750, gid=None if user is None else user.gid)
+        elif safefs.lstat_or_none(node_dir / "data") is not None:
+            # a folder whose node has run holds that cluster's state (one node when from before records)
+            self.topology.check_record(node, Topology.read_record(safefs.read_text(record), where=str(record)),
+                                       where=str(node_dir))
+        # the node folder is the caller's: the node can read the record but not change it
+        safefs.write_file(record, self.topology.record(node), mode=0o640, gid=None if user is None else user.gid)
         for sub in ("data", "logs", "run"):
-            path = self.node_dir / sub
+            path = node_dir / sub
             if safefs.lstat_or_none(path) is None:
                 safefs.make_dir(path, mode=0o750, uid=uid, gid=gid)
             safefs.check_dir(path, uid=uid, what=f"node {sub} folder")
 
-    def prepare(self) -> Path:
+    def prepare(self, nodes: tuple[NodeSpec, ...] | None = None) -> Path:
         """Create or check the folders, fetch and unpack the distribution, install its plugins
-        and write the node's config; everything :meth:`start` does except starting.
+        and write each node's config; everything :meth:`start` does except starting.
+
+        Args:
+            nodes: The nodes to prepare. Defaults to all.
 
         Returns:
-            The node folder.
+            The first node's folder.
 
         Raises:
-            ClusterError: A folder is unsafe or not es-rerank's, Java or Maven is
-                missing, a download or plugin build failed.
+            ClusterError: A folder is unsafe or not es-rerank's (or belongs to a cluster
+                of another shape), Java or Maven is missing, a download or plugin build failed.
         """
+        nodes = self.nodes if nodes is None else nodes
         user = _service_user(create=True)
         safefs.prepare_home(self._home, reader_uid=None if user is None else user.uid)
         euid = os.geteuid()
         have_dist = safefs.require_created(self._home, self.dist_dir.name, uid=euid)
-        safefs.require_created(self._home, self.node_dir.name, uid=euid)
+        for node in nodes:
+            safefs.require_created(self._home, self._node_dir(node).name, uid=euid)
         java = find_java(env_vars=(self._engine.java_home_var, "JAVA_HOME"))
         if not have_dist:
             self._unpack()
         self._install_plugins(java)
-        self._prepare_node_dir(user)
-        self._sync_config(java, user)
+        for node in nodes:
+            self._prepare_node_dir(node, user)
+            self._sync_config(node, java, user)
         return self.node_dir
 
     # -- start / stop ---------------------------------------------------------------------
 
     def start(self, *, timeout: float = 180.0) -> str:
-        """Start the node (or find it already running) and wait for yellow or green health.
+        """Start the nodes that are not running (or find them all running) and wait until every node
+        answers, the cluster has them all, and its health is yellow or green.
 
         Args:
-            timeout: Seconds to wait for the node to become healthy. Defaults to 180.
+            timeout: Seconds to wait for the cluster to become healthy. Defaults to 180.
 
         Returns:
-            The cluster URL.
+            The first node's URL.
 
         Raises:
-            ClusterError: Something else holds the port, a folder is unsafe, Java is
-                missing, or the node failed or was not healthy in time (the message
-                carries the log tail; a node that did not come up is stopped).
+            ClusterError: Something else holds a port, a folder is unsafe, Java is
+                missing, or a node failed or the cluster was not healthy in time (the
+                message carries the log tail; the nodes this call launched are stopped).
         """
         deadline = time.monotonic() + timeout
-        if self._answering_ours():
+        to_launch = []
+        for node in self.nodes:
+            identity = self._identity(node)
+            if not self._answering_ours(node) and not (identity is not None and identity.find()):
+                to_launch.append(node)
+        if not to_launch:
             logger.info("local %s already running at %s (settings apply at launch: stop it to change them)",
                         self._engine.display, self.url)
-            self._wait_healthy(deadline, launched=False)
+            self._wait_healthy(deadline, launched=())
             return self.url
-        identity = self._identity()
-        if identity is not None and identity.find():
-            logger.info("local %s at %s is starting; waiting for it", self._engine.display, self.url)
-            self._wait_healthy(deadline, launched=False)
-            return self.url
-        for port, what in ((self._port, "HTTP"), (self._port + 100, "transport")):
-            if _port_in_use(port):
-                raise ClusterError(f"{what} port {port} on 127.0.0.1 is in use by another program; "
-                                   "choose another port (--port / ES_RERANK_CLUSTER_PORT)")
+        for node in to_launch:
+            for port, what in ((node.http_port, "HTTP"), (node.transport_port, "transport")):
+                if _port_in_use(port):
+                    raise ClusterError(f"{what} port {port} on 127.0.0.1 is in use by another program; "
+                                       "choose another port (--port / ES_RERANK_CLUSTER_PORT)")
         started = time.monotonic()
-        self.prepare()
-        self._launch(deadline)
-        self._wait_healthy(deadline, launched=True)
-        logger.info("%s %s healthy at %s in %.1f s", self._engine.display, self._version, self.url,
-                    time.monotonic() - started)
+        launched = tuple(to_launch)
+        self.prepare(launched)
+        for i, node in enumerate(launched):
+            try:
+                self._launch(node, deadline)
+            except ClusterError:
+                self._stop_launched(launched[:i])
+                raise
+        self._wait_healthy(deadline, launched=launched)
+        logger.info("%s %s healthy at %s (%d node(s), %d launched) in %.1f s", self._engine.display, self._version,
+                    self.url, len(self.nodes), len(launched), time.monotonic() - started)
         return self.url
 
-    def _answering_ours(self) -> bool:
-        probe = self._probe()
+    def _answering_ours(self, node: NodeSpec) -> bool:
+        probe = self._probe(node)
         if probe is None:
             return False
         body, engine = probe
         if not self.is_ours(body) or engine != self._engine.name:
             other = ENGINES[engine].display if engine in ENGINES else "server"
             raise ClusterError(
-                f"port {self._port} is held by another {other} (cluster {body.get('cluster_name')!r}); choose "
+                f"port {node.http_port} is held by another {other} (cluster {body.get('cluster_name')!r}); choose "
                 "another port (--port / ES_RERANK_CLUSTER_PORT) or use that cluster through ES_URL")
         return True
 
-    def _launch(self, deadline: float) -> None:
+    def _launch(self, node: NodeSpec, deadline: float) -> None:
         user = _service_user(create=True)
         java = find_java(env_vars=(self._engine.java_home_var, "JAVA_HOME"))
-        tag = f"{procs.NODE_TAG}{self.node_dir}"
+        node_dir = self._node_dir(node)
+        tag = f"{procs.NODE_TAG}{node_dir}"
         env = self._tool_env(java, **{
-            self._engine.conf_var: str(self.node_dir / "config"),
+            self._engine.conf_var: str(node_dir / "config"),
             self._engine.java_opts_var: f"-Xms{self._heap} -Xmx{self._heap} {tag}",
         })
-        argv = [str(self.dist_dir / "bin" / self._engine.script), "-d", "-p", str(self.pid_file)]
+        argv = [str(self.dist_dir / "bin" / self._engine.script), "-d", "-p", str(self._pid_file(node))]
         # the node's files are not for other users to read
         cmd = ["/bin/sh", "-c", 'umask 027 && exec "$@"', "es-rerank-node", *argv]
         if user is not None:
@@ -646,86 +731,108 @@ class LocalCluster:
             cmd = [runuser, "-u", user.name, "--", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
                    *cmd]
             env = {"PATH": PATH, "LANG": "C.UTF-8"}
-        safefs.remove_entry(self.pid_file)
-        logger.info("starting %s %s on %s (java %s%s)", self._engine.display, self._version, self.url, java,
+        safefs.remove_entry(self._pid_file(node))
+        logger.info("starting %s %s on %s (java %s%s)", self._engine.display, self._version, node.url, java,
                     "" if user is None else f", as {user.name}")
-        fd = os.open(self.launcher_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        launcher_log = node_dir / "launcher.log"
+        fd = os.open(launcher_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
             if user is not None:
                 os.fchown(fd, -1, user.gid)
             proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
-                                  cwd=self.node_dir / "logs", timeout=max(1.0, deadline - time.monotonic()))
+                                  cwd=node_dir / "logs", timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired as e:
-            self._stop_launched()
+            self._stop_launched((node,))
             raise ClusterError(f"{self._engine.display} launcher did not return in time; stopped it\n"
-                               f"--- log ---\n{self.log_tail()}") from e
+                               f"--- log ---\n{self.log_tail(node=node)}") from e
         finally:
             os.close(fd)
         if proc.returncode != 0:
-            self._stop_launched()
+            self._stop_launched((node,))
             raise ClusterError(f"{self._engine.display} failed to start (exit {proc.returncode}):\n"
-                               f"{self._launcher_tail()}\n--- server log ---\n{self.log_tail()}")
+                               f"{self._launcher_tail(node)}\n--- server log ---\n{self.log_tail(node=node)}")
 
-    def _launcher_tail(self, lines: int = 20) -> str:
-        text = safefs.read_text(self.launcher_log, limit=64 * 1024) or ""
+    def _launcher_tail(self, node: NodeSpec, lines: int = 20) -> str:
+        text = safefs.read_text(self._node_dir(node) / "launcher.log", limit=64 * 1024) or ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def _wait_healthy(self, deadline: float, *, launched: bool) -> None:
-        identity = self._identity()
+    def _healthy(self, node: NodeSpec) -> bool:
+        """Whether ``node`` answers as ours, yellow or green, in a cluster holding every node."""
+        size = len(self.nodes)
+        got = _http(f"{node.url}/_cluster/health?wait_for_status=yellow&wait_for_nodes={size}&timeout=2s", timeout=5)
+        return got is not None and self.is_ours(got[0]) and got[0].get("status") in ("yellow", "green") \
+            and got[0].get("number_of_nodes", 0) >= size
+
+    def _wait_healthy(self, deadline: float, *, launched: tuple[NodeSpec, ...]) -> None:
+        waiting = list(self.nodes)
         while True:
-            got = _http(f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=2s", timeout=5)
-            if got is not None and got[0].get("status") in ("yellow", "green") and self.is_ours(got[0]):
+            waiting = [node for node in waiting if not self._healthy(node)]
+            if not waiting:
                 return
-            if launched and (identity is None or not identity.find()):
-                raise ClusterError(f"{self._engine.display} exited during startup:\n{self._launcher_tail()}\n"
-                                   f"--- server log ---\n{self.log_tail()}")
+            for node in launched:
+                identity = self._identity(node)
+                if identity is None or not identity.find():
+                    self._stop_launched(launched)
+                    raise ClusterError(f"{self._engine.display} at {node.url} exited during startup:\n"
+                                       f"{self._launcher_tail(node)}\n--- server log ---\n{self.log_tail(node=node)}")
             if time.monotonic() >= deadline:
-                stopped = self._stop_launched() if launched else False
-                raise ClusterError(f"{self._engine.display} at {self.url} was not healthy in time"
-                                   f"{'; stopped it' if stopped else ''}\n--- server log ---\n{self.log_tail()}")
+                stopped = self._stop_launched(launched)
+                node = waiting[0]
+                raise ClusterError(f"{self._engine.display} at {node.url} was not healthy in time"
+                                   f"{'; stopped the nodes launched' if stopped else ''}\n--- server log ---\n"
+                                   f"{self.log_tail(node=node)}")
             time.sleep(1.0)
 
-    def _stop_launched(self) -> bool:
-        identity = self._identity()
-        if identity is None:
-            return False
-        return any([procs.terminate(pid, identity, timeout=30.0) for pid in identity.find()])
+    def _stop_launched(self, nodes: tuple[NodeSpec, ...]) -> bool:
+        stopped = False
+        for node in nodes:
+            identity = self._identity(node)
+            if identity is not None:
+                stopped = any([procs.terminate(pid, identity, timeout=30.0) for pid in identity.find()]) or stopped
+        return stopped
 
     def stop(self, *, timeout: float = 60.0) -> bool:
-        """Stop the node started from this folder and port.
+        """Stop the nodes started from these folders and ports (every node of the cluster).
 
-        Only a process that is provably this node is signalled (see :mod:`.procs`): a pid
-        file naming another process is reported as stale and removed, and nothing is killed.
+        Only a process that is provably one of these nodes is signalled (see :mod:`.procs`):
+        a pid file naming another process is reported as stale and removed, and nothing is killed.
 
         Args:
-            timeout: Seconds to wait after SIGTERM before SIGKILL. Defaults to 60.
+            timeout: Seconds to wait after SIGTERM before SIGKILL, per node. Defaults to 60.
 
         Returns:
             True when a node was stopped, False when none was running.
         """
-        identity = self._identity()
-        text = safefs.read_text(self.pid_file)
+        stopped = False
+        for node in self.nodes:
+            stopped = self._stop_node(node, timeout) or stopped
+        return stopped
+
+    def _stop_node(self, node: NodeSpec, timeout: float) -> bool:
+        identity = self._identity(node)
+        pid_file = self._pid_file(node)
+        text = safefs.read_text(pid_file)
         pid = procs.read_pid(text)
         stopped = False
         if pid is not None and identity is not None and procs.terminate(pid, identity, timeout=timeout):
             stopped = True
         elif text is not None:
             logger.warning("pid file %s names %s, which is not this node (it may be left from before a reboot "
-                           "or crash); signalling nothing", self.pid_file, f"pid {pid}" if pid else repr(text[:40]))
+                           "or crash); signalling nothing", pid_file, f"pid {pid}" if pid else repr(text[:40]))
         if identity is not None:
             for other in identity.find():
                 stopped = procs.terminate(other, identity, timeout=timeout) or stopped
-        self._remove_stale_pid_file()
+        self._remove_stale_pid_file(node)
         return stopped
 
-    def _remove_stale_pid_file(self) -> None:
-        if self.node_dir.name not in safefs.created_entries(self._home):
+    def _remove_stale_pid_file(self, node: NodeSpec) -> None:
+        node_dir = self._node_dir(node)
+        if node_dir.name not in safefs.created_entries(self._home):
             return
-        run = self.node_dir / "run"
+        run = node_dir / "run"
         st = safefs.lstat_or_none(run)
         if st is None or not stat.S_ISDIR(st.st_mode):
             return
-        if safefs.remove_entry(self.pid_file):
-            logger.info("removed stale pid file %s", self.pid_file)
-
-
+        pid_file = self._pid_file(node)
+        if safefs.remove_entry(pid_file):
+            logger.info("removed stale pid file %s", pid_file)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
-from ..errors import ClusterError, ConfigError, IndexMissingError, MappingMismatchError, ValidationError
+from ..errors import (ClusterError, ConfigError, IndexMissingError, MappingMismatchError, PartialResultsError,
+                      ValidationError)
 from ..types import Hit, Knn, Rrf, Standard
 
 logger = logging.getLogger(__name__)
@@ -647,6 +648,38 @@ class Engine(ABC):
         return ": ".join(parts) if parts else str(dict(error))
 
     @staticmethod
+    def check_shards(index: str, responses: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse responses that some shards did not answer: ``_shards.failed`` > 0, or fewer
+        successful and skipped shards than the total (OpenSearch counts a shard with no active
+        copy in ``total`` alone, not in ``failed``).
+
+        Raises:
+            PartialResultsError: A response counts failed shards; it carries the counts and reasons.
+
+        Example:
+            >>> Engine.check_shards("docs", [{"_shards": {"total": 2, "successful": 1, "skipped": 1, "failed": 0}}])
+            >>> Engine.check_shards("docs", [{"_shards": {"total": 2, "successful": 1, "failed": 1,
+            ...                                    "failures": [{"reason": {"reason": "node left"}}]}}])
+            Traceback (most recent call last):
+            ...
+            es_rerank.errors.PartialResultsError: 1 of 2 shard searches of 'docs' failed, ...
+        """
+        failed = total = 0
+        reasons: list[str] = []
+        for resp in responses:
+            shards = resp.get("_shards") or {}
+            answered = int(shards.get("successful") or 0) + int(shards.get("skipped") or 0)
+            failed += max(int(shards.get("failed") or 0), int(shards.get("total") or 0) - answered)
+            total += int(shards.get("total") or 0)
+            for failure in shards.get("failures") or []:
+                reason = failure.get("reason") if isinstance(failure, Mapping) else failure
+                text = Engine.item_error(reason)
+                if text not in reasons and len(reasons) < 5:
+                    reasons.append(text)
+        if failed:
+            raise PartialResultsError(index, failed=failed, total=total, reasons=reasons)
+
+    @staticmethod
     def hits(resp: Mapping[str, Any]) -> list[Hit]:
         """The hits of a search over an es-rerank index, ranks from 1, scores as floats."""
         hits = []
@@ -769,14 +802,20 @@ class Engine(ABC):
         return out
 
     def iter_ids(self, index: str, query: Mapping[str, Any], *, page: int = 1000) -> Iterator[str]:
-        """Ids of every document matching ``query``, paged with ``search_after`` (no 10,000 cap)."""
+        """Ids of every document matching ``query``, paged with ``search_after`` (no 10,000 cap).
+
+        Raises:
+            PartialResultsError: A page was missing shards (:meth:`check_shards`).
+        """
         after = None
         while True:
             body: dict[str, Any] = {"size": page, "query": dict(query), "_source": False,
                                     "sort": [{"doc_id": "asc"}, {"chunk": "asc"}]}
             if after is not None:
                 body["search_after"] = after
-            hits = self.search(index, body)["hits"]["hits"]
+            resp = self.search(index, body)
+            self.check_shards(index, [resp])  # a page missing shards would miss ids silently
+            hits = resp["hits"]["hits"]
             for h in hits:
                 yield h["_id"]
             if len(hits) < page:
@@ -798,13 +837,27 @@ class Engine(ABC):
         Items retried after a 429 come back after the rest of their chunk: match results by
         operation and ``_id``, never by position. ``require_alias``: every ``_index`` is an
         alias, and an item whose alias is gone fails instead of creating an index.
+
+        Raises:
+            ClusterError: An item found its shard without an active primary (503: the node holding
+                it left, and no replica took over within the bulk's one-minute wait). Every later
+                chunk would wait as long, so the run stops here instead of rejecting item after item.
         """
         extra = {"require_alias": "true"} if require_alias else {}
         results = self._bulk_helper()(self.client, actions, chunk_size=chunk_size, raise_on_error=False,
                                       raise_on_exception=True, max_retries=max_retries,
                                       initial_backoff=initial_backoff, max_backoff=max_backoff, **extra)
         try:
-            yield from results
+            for ok, item in results:
+                result = next(iter(item.values()), {}) if isinstance(item, Mapping) else {}
+                if not ok and result.get("status") == 503:
+                    raise ClusterError(f"{self.display_name} could not write {result.get('_id')!r} into "
+                                       f"{result.get('_index')!r}: {self.item_error(result.get('error', {}))} "
+                                       "(a shard has no active copy to write to: is a node down?)",
+                                       status=503, error_type="unavailable_shards_exception")
+                yield ok, item
+        except ClusterError:
+            raise
         except Exception as e:  # noqa: BLE001 - translated, else re-raised
             ours = self._translate(e)
             if ours is None:

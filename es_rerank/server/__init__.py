@@ -45,8 +45,9 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, warm_up: bool = True,
-          log_level: str = "warning", **app_options: Any) -> None:
-    """Run the server until interrupted (uvicorn, one process, one event loop).
+          log_level: str = "warning", judgments_from: dict[str, Any] | None = None, **app_options: Any) -> None:
+    """Run the server until interrupted: one process (uvicorn, one event loop), or with
+    ``settings.serve_workers`` > 1 that many processes on the port (:mod:`.workers`).
 
     Args:
         settings: Server settings.
@@ -54,7 +55,9 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         port: Port. Defaults to ``settings.serve_port`` (9201).
         warm_up: Load the embedder and the default reranker before listening. Defaults to True.
         log_level: uvicorn's log level. Defaults to ``warning``.
-        **app_options: Passed to :func:`create_app`.
+        judgments_from: With several workers, the ``load_judgments`` arguments each worker loads
+            its comparison-page judgments with (``app_options`` cannot cross processes). Defaults to none.
+        **app_options: Passed to :func:`create_app` (one process only).
     """
     import uvicorn
 
@@ -64,6 +67,12 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         logger.warning("es-rerank serve binds %s: reachable from other machines. Every search still needs the "
                        "cluster's permission, but the rerank inference endpoint of an unsecured cluster is open "
                        "to anyone who can connect", host)
+    if settings.serve_workers > 1:
+        from .workers import run_workers
+
+        run_workers(settings, host=host, port=port, workers=settings.serve_workers, warm_up=warm_up,
+                    log_level=log_level, judgments=judgments_from)
+        return
     app = create_app(settings, **app_options)
     if warm_up:
         app.state.server.service.warm_up()

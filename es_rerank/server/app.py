@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -395,6 +396,7 @@ class Server:
             "rerankers": {"default": self.service.default_inference_id, "available": list(self.service.inference_ids),
                           "batch_wait_ms": self.service.batch_wait_ms},
             "queue": {"in_flight": self.admission.in_flight, "capacity": self.admission.capacity},
+            "worker": {"pid": os.getpid()},  # with serve --workers N, the process that answered
         }
         return self.json_response(body, 200 if cluster["reachable"] else 503)
 

@@ -12,10 +12,15 @@ Exposed at ``GET /_es_rerank/metrics``:
 * ``es_rerank_batch_pairs``: pairs per batched cross-encoder call;
 * ``es_rerank_queue_depth`` / ``es_rerank_queue_capacity``: requests admitted now / at most;
 * ``es_rerank_reranker_fallbacks_total``: answers served in retrieval order because the
-  reranker failed and failures are allowed.
+  reranker failed and failures are allowed;
+* ``es_rerank_worker_info{pid}``: 1, naming the process that answered. Every figure above is
+  that process's own: with ``serve --workers N`` each worker batches, queues and counts on its
+  own, and a scrape through the shared port reaches one worker (scrape each, or sum by ``pid``).
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -47,6 +52,9 @@ class Metrics:
                                  registry=r)
         self.queue_capacity = Gauge("es_rerank_queue_capacity", "Rerank requests admitted at most (then 429)",
                                     registry=r)
+        self.worker = Gauge("es_rerank_worker_info", "The serve process that answered this scrape", ["pid"],
+                            registry=r)
+        self.worker.labels(str(os.getpid())).set(1)
         self.fallbacks = Counter("es_rerank_reranker_fallbacks",
                                  "Answers in retrieval order because the reranker failed (failures allowed)",
                                  registry=r)
