@@ -157,9 +157,6 @@ MAX_MODULE_LINES = 600
 # Reviewed exceptions, each with its reason; shrink the entry (or delete it) when the code shrinks.
 LONG_FUNCTIONS = {
     "runtime/bert_onnx.py:_build": "the BERT graph written out node by node, in the order ONNX evaluates it",
-    "evaluate/evaluation.py:run_eval": "one pass over the queries collecting every setup's run; the report "
-                                       "records are to become self-serialising dataclasses (issue 19, item 3)",
-    "evaluate/tuning.py:run_tune": "one pass over the queries scoring every candidate once; as run_eval",
 }
 LARGE_MODULES = {
     "cli.py": "every command of the click group; being changed concurrently (train/distill), split by "
@@ -170,9 +167,6 @@ LARGE_MODULES = {
                        "(the administration part is under the lifecycle rewrite)",
     "rerankers/llm.py": "pointwise and listwise LLM rerankers with their prompts, parsing and retries",
     "cluster/local.py": "find a JDK, fetch, configure, start and stop a local node of either engine",
-    "evaluate/tune.py": "the pure grid, its selection, cross-validation and the advice (609 lines since the blend "
-                        "choice landed with the index pipeline); the advice text is to move next to its record "
-                        "(issue 19, item 3)",
 }
 
 
