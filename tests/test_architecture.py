@@ -18,7 +18,7 @@ LAYERS = {
     "config": 1, "chunking": 1, "fusion": 1, "ranking": 1,
     "runtime": 2, "engines": 2,
     "embedding": 3, "rerankers": 3, "sources": 3, "leases": 3,
-    "lifecycle": 4, "retrieval": 4, "client": 4, "pipelines": 4,
+    "lifecycle": 4, "retrieval": 4, "rerank_step": 4, "client": 4, "pipelines": 4,
     "streaming": 4, "indexing": 5,
     "evaluate": 6, "export": 6, "training": 6, "server": 6, "cluster": 6,
     "cli": 7, "__main__": 8, "__init__": 8,

@@ -46,7 +46,7 @@ from types import MappingProxyType
 from ..config import SettingInfo
 from ..errors import ClusterError
 from . import maven, procs, safefs
-from .engines import ENGINES, Engine
+from .distributions import DISTRIBUTIONS, Distribution
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def explain_cluster(env: Mapping[str, str] | None = None) -> list[SettingInfo]:
         return SettingInfo(name, var, value, "environment") if value else SettingInfo(name, var, default, "default")
 
     engine = env.get("ES_RERANK_CLUSTER_ENGINE") or "elasticsearch"
-    port = str(ENGINES[engine].default_port) if engine in ENGINES else "9200"
+    port = str(DISTRIBUTIONS[engine].default_port) if engine in DISTRIBUTIONS else "9200"
     java = next((v for v in ("ES_JAVA_HOME", "JAVA_HOME") if env.get(v)), None)
     if java == "JAVA_HOME":
         jdk = SettingInfo("java_home", "ES_JAVA_HOME", env[java], "environment (JAVA_HOME)")
@@ -229,10 +229,10 @@ class LocalCluster:
                  extra_settings: Mapping[str, object] | None = None) -> None:
         if engine is None:
             engine = os.environ.get("ES_RERANK_CLUSTER_ENGINE") or "elasticsearch"
-        if engine not in ENGINES:
-            raise ClusterError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
-        self._engine: Engine = ENGINES[engine]
-        self._version = self._engine.default_version if version is None else version
+        if engine not in DISTRIBUTIONS:
+            raise ClusterError(f"engine must be one of {sorted(DISTRIBUTIONS)}, got {engine!r}")
+        self._distribution: Distribution = DISTRIBUTIONS[engine]
+        self._version = self._distribution.default_version if version is None else version
         if not re.fullmatch(r"\d+\.\d+\.\d+", self._version):
             raise ClusterError(f"version must look like 9.2.8, got {self._version!r}")
         home_path = default_home() if home is None else Path(home)
@@ -244,7 +244,7 @@ class LocalCluster:
             env_port = os.environ.get("ES_RERANK_CLUSTER_PORT")
             if env_port and not env_port.strip().isdigit():
                 raise ClusterError(f"ES_RERANK_CLUSTER_PORT must be a port number, got {env_port!r}")
-            port = int(env_port) if env_port else self._engine.default_port
+            port = int(env_port) if env_port else self._distribution.default_port
         if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65435:
             raise ClusterError(f"port must be an integer from 1024 to 65435 (the transport port is port + 100), "
                                f"got {port!r}")
@@ -277,7 +277,7 @@ class LocalCluster:
 
     @property
     def engine(self) -> str:
-        return self._engine.name
+        return self._distribution.name
 
     @property
     def version(self) -> str:
@@ -305,15 +305,15 @@ class LocalCluster:
 
     @property
     def dist_dir(self) -> Path:
-        return self._home / f"{self._engine.name}-{self._version}"
+        return self._home / f"{self._distribution.name}-{self._version}"
 
     @property
     def node_dir(self) -> Path:
-        return self._home / f"{self._engine.name}-node-{self._port}"
+        return self._home / f"{self._distribution.name}-node-{self._port}"
 
     @property
     def pid_file(self) -> Path:
-        return self.node_dir / "run" / f"{self._engine.name}.pid"
+        return self.node_dir / "run" / f"{self._distribution.name}.pid"
 
     @property
     def log_file(self) -> Path:
@@ -355,7 +355,7 @@ class LocalCluster:
         if os.geteuid() == 0 and user is None:
             return None  # as root, nodes only ever run as the service user: none can exist
         uid = os.geteuid() if user is None else user.uid
-        main_class = self._engine.main_class
+        main_class = self._distribution.main_class
         return procs.NodeIdentity(main_class=main_class, node_dir=self.node_dir, uid=uid)
 
     def pid(self) -> int | None:
@@ -381,7 +381,7 @@ class LocalCluster:
         """
         probe = self._probe()
         running = probe is not None
-        managed = running and self.is_ours(probe[0]) and probe[1] == self._engine.name
+        managed = running and self.is_ours(probe[0]) and probe[1] == self._distribution.name
         version = self._version
         plugins: list[str] = []
         if running:
@@ -392,7 +392,7 @@ class LocalCluster:
         else:
             plugins = self._installed_plugins()
         return {
-            "engine": probe[1] if running else self._engine.name,
+            "engine": probe[1] if running else self._distribution.name,
             "version": version,
             "url": self.url,
             "running": running,
@@ -437,7 +437,7 @@ class LocalCluster:
                                + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
 
     def _tool_env(self, java: Path, **extra: str) -> dict[str, str]:
-        return {"PATH": PATH, "LANG": "C.UTF-8", self._engine.java_home_var: str(java), **extra}
+        return {"PATH": PATH, "LANG": "C.UTF-8", self._distribution.java_home_var: str(java), **extra}
 
     def _unpack(self) -> None:
         started = time.monotonic()
@@ -462,11 +462,11 @@ class LocalCluster:
             # again next time), never an unlisted folder that would need deleting by hand
             safefs.record_created(self._home, self.dist_dir.name)
             os.rename(tops[0], self.dist_dir)
-        logger.info("unpacked %s %s into %s in %.1f s", self._engine.display, self._version, self.dist_dir,
+        logger.info("unpacked %s %s into %s in %.1f s", self._distribution.display, self._version, self.dist_dir,
                     time.monotonic() - started)
 
     def _fetch_archive(self, work: Path) -> Path:
-        return maven.fetch(self._engine.coordinates(self._version), work)
+        return maven.fetch(self._distribution.coordinates(self._version), work)
 
     def _installed_plugin(self, name: str) -> dict[str, str] | None:
         folder = self.dist_dir / "plugins" / name
@@ -482,12 +482,12 @@ class LocalCluster:
         return None
 
     def _install_plugins(self, java: Path) -> None:
-        script = str(self.dist_dir / "bin" / self._engine.plugin_script)
-        env = self._tool_env(java, **self._engine.plugin_cli_env())
-        for spec in self._engine.plugins(self._version):
+        script = str(self.dist_dir / "bin" / self._distribution.plugin_script)
+        env = self._tool_env(java, **self._distribution.plugin_cli_env())
+        for spec in self._distribution.plugins(self._version):
             installed = self._installed_plugin(spec.name)
             if installed is not None and installed.get("version") == spec.version \
-                    and installed.get(self._engine.version_key) == self._version:
+                    and installed.get(self._distribution.version_key) == self._version:
                 continue
             started = time.monotonic()
             if installed is not None or safefs.lstat_or_none(self.dist_dir / "plugins" / spec.name) is not None:
@@ -509,13 +509,13 @@ class LocalCluster:
         conf = self.node_dir / "config"
         group = None if user is None else user.gid
         safefs.sync_tree(self.dist_dir / "config", conf, dir_mode=0o750, file_mode=0o640, gid=group,
-                         skip=frozenset({self._engine.config_file, "jvm.options"}))
+                         skip=frozenset({self._distribution.config_file, "jvm.options"}))
         text = (self.dist_dir / "config" / "jvm.options").read_text()
-        text = self._engine.jvm_options(text, node_dir=self.node_dir, dist=self.dist_dir)
+        text = self._distribution.jvm_options(text, node_dir=self.node_dir, dist=self.dist_dir)
         safefs.write_file(conf / "jvm.options", text.encode(), mode=0o640, gid=group)
         settings: dict[str, object] = {
             "cluster.name": CLUSTER_NAME,
-            "node.name": f"es-rerank-{self._engine.name}-{self._port}",
+            "node.name": f"es-rerank-{self._distribution.name}-{self._port}",
             "network.host": "127.0.0.1",
             "http.port": self._port,
             "transport.port": self._port + 100,
@@ -523,17 +523,17 @@ class LocalCluster:
             "path.data": str(self.node_dir / "data"),
             "path.logs": str(self.node_dir / "logs"),
             "cluster.routing.allocation.disk.threshold_enabled": False,
-            **self._engine.settings,
+            **self._distribution.settings,
             **self._extra,
         }
         body = "# written by es-rerank at each start (LocalCluster(extra_settings=...) adds settings)\n"
         body += "".join(f"{key}: {_yaml_scalar(value)}\n" for key, value in settings.items())
-        safefs.write_file(conf / self._engine.config_file, body.encode(), mode=0o640, gid=group)
-        keystore = conf / self._engine.keystore_file
+        safefs.write_file(conf / self._distribution.config_file, body.encode(), mode=0o640, gid=group)
+        keystore = conf / self._distribution.keystore_file
         if user is not None and safefs.lstat_or_none(keystore) is None:
             # the node cannot write its config folder, so it cannot create the keystore itself
-            script = str(self.dist_dir / "bin" / self._engine.keystore_script)
-            env = self._tool_env(java, **{self._engine.conf_var: str(conf)})
+            script = str(self.dist_dir / "bin" / self._distribution.keystore_script)
+            env = self._tool_env(java, **{self._distribution.conf_var: str(conf)})
             self._run_tool([script, "create"], env, "creating the keystore")
             fd = os.open(keystore, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
@@ -569,7 +569,7 @@ class LocalCluster:
         euid = os.geteuid()
         have_dist = safefs.require_created(self._home, self.dist_dir.name, uid=euid)
         safefs.require_created(self._home, self.node_dir.name, uid=euid)
-        java = find_java(env_vars=(self._engine.java_home_var, "JAVA_HOME"))
+        java = find_java(env_vars=(self._distribution.java_home_var, "JAVA_HOME"))
         if not have_dist:
             self._unpack()
         self._install_plugins(java)
@@ -596,12 +596,12 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         if self._answering_ours():
             logger.info("local %s already running at %s (settings apply at launch: stop it to change them)",
-                        self._engine.display, self.url)
+                        self._distribution.display, self.url)
             self._wait_healthy(deadline, launched=False)
             return self.url
         identity = self._identity()
         if identity is not None and identity.find():
-            logger.info("local %s at %s is starting; waiting for it", self._engine.display, self.url)
+            logger.info("local %s at %s is starting; waiting for it", self._distribution.display, self.url)
             self._wait_healthy(deadline, launched=False)
             return self.url
         for port, what in ((self._port, "HTTP"), (self._port + 100, "transport")):
@@ -612,7 +612,7 @@ class LocalCluster:
         self.prepare()
         self._launch(deadline)
         self._wait_healthy(deadline, launched=True)
-        logger.info("%s %s healthy at %s in %.1f s", self._engine.display, self._version, self.url,
+        logger.info("%s %s healthy at %s in %.1f s", self._distribution.display, self._version, self.url,
                     time.monotonic() - started)
         return self.url
 
@@ -621,8 +621,8 @@ class LocalCluster:
         if probe is None:
             return False
         body, engine = probe
-        if not self.is_ours(body) or engine != self._engine.name:
-            other = ENGINES[engine].display if engine in ENGINES else "server"
+        if not self.is_ours(body) or engine != self._distribution.name:
+            other = DISTRIBUTIONS[engine].display if engine in DISTRIBUTIONS else "server"
             raise ClusterError(
                 f"port {self._port} is held by another {other} (cluster {body.get('cluster_name')!r}); choose "
                 "another port (--port / ES_RERANK_CLUSTER_PORT) or use that cluster through ES_URL")
@@ -630,13 +630,13 @@ class LocalCluster:
 
     def _launch(self, deadline: float) -> None:
         user = _service_user(create=True)
-        java = find_java(env_vars=(self._engine.java_home_var, "JAVA_HOME"))
+        java = find_java(env_vars=(self._distribution.java_home_var, "JAVA_HOME"))
         tag = f"{procs.NODE_TAG}{self.node_dir}"
         env = self._tool_env(java, **{
-            self._engine.conf_var: str(self.node_dir / "config"),
-            self._engine.java_opts_var: f"-Xms{self._heap} -Xmx{self._heap} {tag}",
+            self._distribution.conf_var: str(self.node_dir / "config"),
+            self._distribution.java_opts_var: f"-Xms{self._heap} -Xmx{self._heap} {tag}",
         })
-        argv = [str(self.dist_dir / "bin" / self._engine.script), "-d", "-p", str(self.pid_file)]
+        argv = [str(self.dist_dir / "bin" / self._distribution.script), "-d", "-p", str(self.pid_file)]
         # the node's files are not for other users to read
         cmd = ["/bin/sh", "-c", 'umask 027 && exec "$@"', "es-rerank-node", *argv]
         if user is not None:
@@ -647,7 +647,7 @@ class LocalCluster:
                    *cmd]
             env = {"PATH": PATH, "LANG": "C.UTF-8"}
         safefs.remove_entry(self.pid_file)
-        logger.info("starting %s %s on %s (java %s%s)", self._engine.display, self._version, self.url, java,
+        logger.info("starting %s %s on %s (java %s%s)", self._distribution.display, self._version, self.url, java,
                     "" if user is None else f", as {user.name}")
         fd = os.open(self.launcher_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
@@ -657,13 +657,13 @@ class LocalCluster:
                                   cwd=self.node_dir / "logs", timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired as e:
             self._stop_launched()
-            raise ClusterError(f"{self._engine.display} launcher did not return in time; stopped it\n"
+            raise ClusterError(f"{self._distribution.display} launcher did not return in time; stopped it\n"
                                f"--- log ---\n{self.log_tail()}") from e
         finally:
             os.close(fd)
         if proc.returncode != 0:
             self._stop_launched()
-            raise ClusterError(f"{self._engine.display} failed to start (exit {proc.returncode}):\n"
+            raise ClusterError(f"{self._distribution.display} failed to start (exit {proc.returncode}):\n"
                                f"{self._launcher_tail()}\n--- server log ---\n{self.log_tail()}")
 
     def _launcher_tail(self, lines: int = 20) -> str:
@@ -677,11 +677,11 @@ class LocalCluster:
             if got is not None and got[0].get("status") in ("yellow", "green") and self.is_ours(got[0]):
                 return
             if launched and (identity is None or not identity.find()):
-                raise ClusterError(f"{self._engine.display} exited during startup:\n{self._launcher_tail()}\n"
+                raise ClusterError(f"{self._distribution.display} exited during startup:\n{self._launcher_tail()}\n"
                                    f"--- server log ---\n{self.log_tail()}")
             if time.monotonic() >= deadline:
                 stopped = self._stop_launched() if launched else False
-                raise ClusterError(f"{self._engine.display} at {self.url} was not healthy in time"
+                raise ClusterError(f"{self._distribution.display} at {self.url} was not healthy in time"
                                    f"{'; stopped it' if stopped else ''}\n--- server log ---\n{self.log_tail()}")
             time.sleep(1.0)
 

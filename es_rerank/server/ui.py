@@ -287,7 +287,7 @@ def compare(service: RerankService, request: CompareRequest, headers: Mapping[st
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError("the request's time (ES_RERANK_SERVE_TIMEOUT) ran out before both sides were ranked")
         scorer = None if side.reranker == NO_RERANKER else service.scorer(side.reranker, deadline=deadline)
-        ranked.append(service.searcher.rerank(request.query, first.hits, final_k=None, reranker=scorer,
+        ranked.append(service.rerank_step.run(request.query, first.hits, final_k=None, reranker=scorer,
                                               blend=side.blend, blend_weight=side.blend_weight,
                                               results="documents"))
     positions = [{h.doc_id: rank for rank, h in enumerate(r.hits, start=1)} for r in ranked]
