@@ -5,7 +5,7 @@ script, one style sheet; no build step, nothing fetched from elsewhere). It call
 small JSON endpoint, ``POST /_es_rerank/ui/compare``, which runs the server's own two
 stages: the hybrid first stage of :meth:`RerankService.retrieve` (BM25 + kNN, fused by RRF,
 the query embedded with the index's embedder) and, for each side, the one rerank step
-(:meth:`es_rerank.client.Searcher.rerank`) with that side's reranker and blend. The
+(:meth:`es_rerank.rerank_step.RerankStep.run`) with that side's reranker and blend. The
 ``_search`` API returns one ranking with one blend (``ES_RERANK_BLEND``); the page needs
 two rankings of the same candidates, either blend, and each stage's time, so it has this
 endpoint instead of a new search path.
