@@ -246,9 +246,9 @@ def _local_cluster(engine: str | None, port: int | None, nodes: int | None = Non
 
 
 def _display(engine: str) -> str:
-    from .cluster import ENGINES
+    from .cluster import DISTRIBUTIONS
 
-    return ENGINES[engine].display if engine in ENGINES else engine
+    return DISTRIBUTIONS[engine].display if engine in DISTRIBUTIONS else engine
 
 
 _cluster_options = [

@@ -10,12 +10,9 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .config import SEARCH_MODES, Settings
@@ -25,13 +22,11 @@ from .engines.base import SOURCE_FIELDS
 from .errors import ClusterError, ConfigError, IndexMissingError, RerankerError, ValidationError
 from .pipelines import NO_RERANKING, Pipeline, Resolved, check_model, of_state
 from .pipelines import resolve as resolve_pipeline
-from .ranking import check_blend, collapse, fallback_count
-from .ranking import rerank as order_and_blend
+from .rerank_step import Reranked, RerankStep
 from .rerankers import BaseReranker, Reranker, as_reranker, build_reranker
-from .rerankers.base import Scored
 from .retrieval import FUSIONS, resolve, run, source_fields, text_plan  # noqa: F401 - FUSIONS re-exported
 from .runtime import timed_load
-from .types import Hit, SearchResult, Timings, Usage
+from .types import Hit, SearchResult, Timings
 
 logger = logging.getLogger(__name__)
 
@@ -80,31 +75,6 @@ class Retrieval:
     fusion: str | None
 
 
-@dataclass(frozen=True)
-class Reranked:
-    """The second stage's answer: ordered (and collapsed, and cut) results and what it cost.
-
-    Attributes:
-        hits: Results, best first.
-        reranked: Whether the reranker ordered them (False: retrieval order).
-        reranker: The reranker's name, or None.
-        error: Why reranking failed when failures were allowed, else None.
-        usage: LLM usage of this call, or None.
-        rerank_ms: Milliseconds spent scoring.
-        fallbacks: Candidates whose score was unusable (non-finite) and sorted last.
-        load_ms: Milliseconds spent loading the reranker first (0 when it was loaded already).
-    """
-
-    hits: tuple[Hit, ...]
-    reranked: bool
-    reranker: str | None
-    error: str | None = None
-    usage: Usage | None = None
-    rerank_ms: float = 0.0
-    fallbacks: int = 0
-    load_ms: float = 0.0
-
-
 class Searcher:
     """Two-stage search over one es-rerank index (on Elasticsearch or OpenSearch).
 
@@ -141,7 +111,7 @@ class Searcher:
         self.embedder = embedder if embedder is not None else build_embedder(self.settings)
         self._reranker: BaseReranker | None = as_reranker(reranker) if reranker is not None else None
         self._own_reranker = reranker is None
-        self._pool: ThreadPoolExecutor | None = None
+        self._step = RerankStep(self.settings)
         self._max_window: int | None = None
         self._fields: FieldInfo | None = None
         self._index_checked = False
@@ -166,10 +136,7 @@ class Searcher:
 
     def close(self) -> None:
         """Release the client (when this searcher made it), the timeout threads and its reranker."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._step.close()
         if self._own_reranker and self._reranker is not None:
             self._reranker.close()
         with self._lock:
@@ -334,31 +301,11 @@ class Searcher:
 
     # -- reranking ------------------------------------------------------------------------------
 
-    def _score(self, reranker: BaseReranker, query: str, texts: list[str]) -> tuple[Scored, float]:
-        """The scores and the seconds spent loading the reranker first (within the rerank timeout)."""
-        def load_and_score() -> tuple[Scored, float]:
-            load_s = timed_load(reranker)
-            return reranker.score_with_usage(query, texts), load_s
-
-        timeout = self.settings.rerank_timeout
-        if timeout is None:
-            return load_and_score()
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="es-rerank")
-            pool = self._pool
-        future = pool.submit(load_and_score)
-        try:
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            # the worker cannot be interrupted; its result is discarded when it ends
-            raise RerankerError(f"reranker {reranker.name} took longer than {timeout:g}s (ES_RERANK_RERANK_TIMEOUT)",
-                                reranker=reranker.name) from None
-
     def rerank(self, query: str, hits: Sequence[Hit], *, final_k: int | None = None,
                reranker: Reranker | None | bool = True, blend: str | None = None, blend_weight: float | None = None,
                results: str | None = None) -> Reranked:
-        """The second stage, shared by :meth:`search`, evaluation and the HTTP server.
+        """The second stage, shared by :meth:`search`, evaluation and the HTTP server
+        (:meth:`es_rerank.rerank_step.RerankStep.run`).
 
         Scores every hit against ``query``, orders them (ties keep retrieval order), blends
         the two stages' orders if asked, collapses chunks to documents, and keeps ``final_k``.
@@ -376,41 +323,11 @@ class Searcher:
         Raises:
             RerankerError: The reranker failed and ``settings.allow_reranker_failures`` is off.
         """
-        blend = self.settings.blend if blend is None else blend
-        blend_weight = self.settings.blend_weight if blend_weight is None else blend_weight
-        results = self.settings.results if results is None else results
-        check_blend(blend, blend_weight, self.settings.rank_constant)
-        if results not in ("documents", "chunks"):
-            raise ValidationError(f"results must be documents or chunks, got {results!r}", field="results")
-        chosen = self.reranker if reranker is True else (as_reranker(reranker) if reranker else None)
-        ordered: list[Hit] = list(hits)
-        reranked, error, usage, fallbacks, rerank_ms, load_s = False, None, None, 0, 0.0, 0.0
-        if chosen is not None and ordered:
-            t0 = time.perf_counter()
-            try:
-                scored, load_s = self._score(chosen, query, [h.passage for h in ordered])
-                ordered = order_and_blend(ordered, scored.scores, method=blend, alpha=blend_weight,
-                                          rank_constant=self.settings.rank_constant)
-                fallbacks = fallback_count(ordered)
-                usage = scored.usage
-                reranked = True
-            except Exception as e:  # any backend failure: a model, a network, a bug
-                if not self.settings.allow_reranker_failures:
-                    if isinstance(e, RerankerError):
-                        raise
-                    raise RerankerError(f"reranker {chosen.name} failed: {e}", reranker=chosen.name) from e
-                error = self.settings.redact(f"{type(e).__name__}: {e}")
-                logger.warning("reranker failed, returning the retrieval order: %s", error)
-                ordered = list(hits)
-            rerank_ms = _ms(time.perf_counter() - t0 - load_s)  # scoring only: a first call's loading is apart
-            if fallbacks:
-                usage = (usage or Usage()) + Usage(fallbacks=fallbacks)
-        if results == "documents":
-            ordered = collapse(ordered, limit=final_k)
-        elif final_k is not None:
-            ordered = ordered[:final_k]
-        return Reranked(tuple(ordered), reranked, chosen.name if chosen is not None else None, error, usage,
-                        rerank_ms, fallbacks, _ms(load_s))
+        if reranker is True:
+            self._step.options(blend, blend_weight, results)  # bad options fail before a reranker is built
+            reranker = self.reranker
+        return self._step.run(query, hits, reranker=reranker or None, final_k=final_k, blend=blend,
+                              blend_weight=blend_weight, results=results)
 
     # -- the two stages --------------------------------------------------------------------------
 

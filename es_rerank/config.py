@@ -27,7 +27,11 @@ DEFAULT_RERANKER_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 
 FUSION_MODES = ("auto", "server", "client")
 SEARCH_MODES = ("hybrid", "bm25", "knn")
-ENGINES = ("auto", "elasticsearch", "opensearch")
+ENGINE_NAMES = ("elasticsearch", "opensearch")
+"""The engines es-rerank runs on: the one list of their names. Each has a query engine
+(:data:`es_rerank.engines.ENGINES`) and a local server distribution
+(:data:`es_rerank.cluster.DISTRIBUTIONS`) under that name."""
+ENGINE_CHOICES = ("auto", *ENGINE_NAMES)
 RERANKER_KINDS = ("cross-encoder", "llm", "listwise", "none")
 BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8", "torch", "torch-bf16")
 EMBEDDING_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-int8", "torch")
@@ -94,7 +98,7 @@ class Settings:
     verify_certs: bool = _setting(True, "ES_VERIFY_CERTS", "verify TLS certificates (https URLs)")
     request_timeout: float = _setting(30.0, "ES_REQUEST_TIMEOUT", "seconds before a request to the cluster fails")
     engine: str = _setting("auto", "ES_RERANK_ENGINE", "search engine: detected from the cluster, or set",
-                           choices=ENGINES)
+                           choices=ENGINE_CHOICES)
     index: str = _setting("es-rerank", "ES_RERANK_INDEX", "index (alias) name")
     embedding_model: str = _setting(DEFAULT_EMBEDDING_MODEL, "ES_RERANK_EMBEDDING_MODEL",
                                     "embedder: hub name or local folder (the packaged copy is used when installed)")

@@ -146,7 +146,7 @@ class IndexingError(EsRerankError):
     """Indexing stopped part-way.
 
     Attributes:
-        report: How far it got (:class:`es_rerank.indexing.IndexReport`), or None.
+        report: How far it got (:class:`es_rerank.streaming.IndexReport`), or None.
     """
 
     def __init__(self, message: str, report: Any = None):

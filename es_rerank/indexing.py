@@ -1,4 +1,4 @@
-"""Read, chunk, embed and bulk-index documents; account for every record.
+"""Index documents from paths: validate, then build-and-swap or write in place; delete documents.
 
 :func:`index_paths` validates everything before the first write (paths, model, index
 name, ownership, mapping), then either builds a new index and swaps it in
@@ -6,111 +6,32 @@ name, ownership, mapping), then either builds a new index and swaps it in
 ``<doc_id>#<chunk number>``: indexing a document again replaces its chunks and deletes
 those left over from a longer earlier version, never duplicates them.
 
-Every record ends up indexed or rejected with file, line and reason; bulk results are
-matched to documents by operation and ``_id`` (items retried after a 429 come back out of
-order), never by position.
+Every record ends up indexed or rejected with file, line and reason; the streaming run that
+chunks, embeds and bulk-sends them, one :class:`es_rerank.streaming.Indexer`, accounts for them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import queue
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .chunking import Chunker
 from .embedding import Embedder
 from .engines import Engine, validate_index_name
-from .errors import (BuildRejectedError, ClusterError, ConfigError, EsRerankError, IndexingError, LeaseLostError,
-                     MappingMismatchError, UncertainStateError)
+from .errors import (BuildRejectedError, EsRerankError, IndexingError, LeaseLostError, MappingMismatchError,
+                     UncertainStateError)
 from .leases import held
 from .lifecycle import (BUILDING, READY, SWITCHED, UNKNOWN, Target, build_body, create_build, delete_unserved,
                         drop_leftovers, marker, plan_target, set_state, swap, swap_outcome, uncertain_message)
 from .pipelines import carried
-from .types import Document, Rejection, passage_text
+from .streaming import IndexReport, Indexer
+from .types import Document, Rejection
+
+__all__ = ["IndexReport", "delete_documents", "index_documents", "index_paths"]
 
 logger = logging.getLogger(__name__)
 
 LEGACY_BULK_FLAG = "es_rerank_bulk_load"
-
-
-def chunk_id(doc_id: str, chunk: int) -> str:
-    """Stable id of a chunk: the document id and the chunk number."""
-    return f"{doc_id}#{chunk}"
-
-
-@dataclass
-class IndexReport:
-    """What an indexing run did. ``documents_read == documents_indexed + len(rejected)``.
-
-    Attributes:
-        index: The name indexed (an alias for indices es-rerank built).
-        concrete: The concrete index written.
-        rebuilt: True when a new index was built and swapped in.
-        replaced: Concrete indices the swap removed.
-        expected: Records the sources announced before reading (for progress), when known.
-        skipped: Files not read (hidden, outside the folder, unsupported): ``(path, reason)``.
-    """
-
-    index: str = ""
-    concrete: str = ""
-    rebuilt: bool = False
-    replaced: list[str] = field(default_factory=list)
-    expected: int | None = None
-    documents_read: int = 0
-    documents_indexed: int = 0
-    chunks_indexed: int = 0
-    stale_chunks_deleted: int = 0
-    retried: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def docs_per_second(self) -> float:
-        return self.documents_read / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "concrete_index": self.concrete,
-            "rebuilt": self.rebuilt,
-            "replaced": list(self.replaced),
-            "documents_read": self.documents_read,
-            "documents_indexed": self.documents_indexed,
-            "documents_rejected": len(self.rejected),
-            "chunks_indexed": self.chunks_indexed,
-            "stale_chunks_deleted": self.stale_chunks_deleted,
-            "files_skipped": len(self.skipped),
-            "seconds": round(self.seconds, 3),
-            "docs_per_second": round(self.docs_per_second, 2),
-            "rejected": [
-                {"source": r.source, "line": r.line, "id": r.doc_id, "reason": r.reason} for r in self.rejected
-            ],
-            "skipped": [{"path": p, "reason": why} for p, why in self.skipped],
-        }
-
-
-@dataclass(eq=False)  # identity: one per document in flight
-class _Pending:
-    doc: Document
-    total: int
-    remaining: int
-    error: str | None = None
-
-
-def _json_problem(doc: Document) -> str | None:
-    """Why the document cannot be sent as JSON, or None (checked per record, not per bulk request)."""
-    try:
-        json.dumps({"t": doc.title, "x": doc.text, "m": dict(doc.metadata)}, allow_nan=False,
-                   ensure_ascii=False).encode("utf-8")
-    except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as e:
-        return f"cannot be sent as JSON: {type(e).__name__}: {str(e)[:120]}"
-    return None
 
 
 def index_documents(
@@ -128,244 +49,19 @@ def index_documents(
     on_progress: Callable[[IndexReport], None] | None = None,
     require_alias: bool = False,
 ) -> IndexReport:
-    """Chunk, embed and bulk-index documents; report every rejection.
+    """Chunk, embed and bulk-index documents into an existing index; report every rejection.
 
-    Args:
-        engine: The search engine.
-        records: Documents and rejections, e.g. from :func:`es_rerank.sources.read_paths`.
-        index: Concrete target index (it must exist).
-        embedder: Embeds chunk texts.
-        chunker: Splits document text into chunks.
-        embed_window: Chunks handed to the embedder per call. The embedder sorts them by
-            length before batching its forward passes, so a wide window wastes less on
-            padding (SciFact chunks: 10.9 s in windows of 64, 8.9 s in 256, 8.4 s all at once).
-            Defaults to 512.
-        bulk_chunk_size: Actions per bulk request. Defaults to 200.
-        replace_stale: Delete chunks of re-indexed documents beyond their new chunk count
-            (paged, no cap). Defaults to True.
-        refresh: Refresh the index at the end so counts and searches see everything.
-        report: A report to fill (its ``expected`` may be set). Defaults to a new one.
-        on_progress: Called with the running report after each finished document.
-        require_alias: ``index`` is an alias; writes fail rather than create an index if it is gone.
-
-    Returns:
-        The report. Per-item bulk failures become rejections naming the document.
+    One :class:`es_rerank.streaming.Indexer` run (see it for the arguments); ``refresh``
+    refreshes the index at the end so counts and searches see everything.
 
     Raises:
         IndexingError: The cluster failed part-way (after the client's retries); the
             message and ``.report`` say how far it got.
     """
-    if embed_window < 1 or bulk_chunk_size < 1:
-        raise ConfigError("embed_window and bulk_chunk_size must be >= 1")
-    report = report if report is not None else IndexReport(index=index, concrete=index)
-    started = time.perf_counter()
-    # (op, _id) -> the document a bulk item belongs to (None: a stale-chunk delete). The producer
-    # thread (chunking, embedding) and this one (bulk results) share it and the counts: one lock.
-    in_flight: dict[tuple[str, str], _Pending | None] = {}
-    lock = threading.Lock()
-
-    def progress() -> None:
-        if on_progress is not None:
-            on_progress(report)
-
-    def settle(p: _Pending, done: int) -> None:
-        """``done`` more chunks of ``p`` are accounted for (called with the lock held)."""
-        p.remaining -= done
-        if p.remaining == 0:
-            if p.error is None:
-                report.documents_indexed += 1
-            else:
-                report.rejected.append(Rejection(p.doc.source, p.doc.line, p.error, p.doc.id))
-
-    def reject(record: Document | Rejection, reason: str | None = None) -> None:
-        with lock:
-            report.rejected.append(record if isinstance(record, Rejection)
-                                   else Rejection(record.source, record.line, reason or "", record.id))
-        progress()
-
-    def embed(batch: list[tuple[_Pending, int, Any]]) -> dict[int, list[float]]:
-        """Vectors by position in ``batch``; a failing window is retried one document at a time."""
-        texts = [passage_text(p.doc.title, c.text) for p, _, c in batch]
-        try:
-            vectors = embedder.embed_documents(texts)
-        except Exception as e:  # noqa: BLE001 - isolate the document(s) that broke it
-            docs = list(dict.fromkeys(p for p, _, _ in batch))
-            if len(docs) == 1:
-                docs[0].error = docs[0].error or f"could not embed: {type(e).__name__}: {e}"
-                return {}
-            out: dict[int, list[float]] = {}
-            for doc in docs:
-                positions = [i for i, b in enumerate(batch) if b[0] is doc]
-                for j, vector in embed([batch[i] for i in positions]).items():
-                    out[positions[j]] = vector
-            return out
-        out = {}
-        for i, ((p, _, _), vector) in enumerate(zip(batch, vectors)):
-            values = [float(x) for x in vector]
-            if all(math.isfinite(v) for v in values):
-                out[i] = values
-            else:
-                p.error = p.error or "the embedder produced non-finite values for this text"
-        return out
-
-    def flush(batch: list[tuple[_Pending, int, Any]]) -> Iterator[dict[str, Any]]:
-        vectors = embed(batch)
-        send = [i for i in range(len(batch)) if i in vectors and batch[i][0].error is None]
-        with lock:
-            for p in dict.fromkeys(p for p, _, _ in batch):
-                unsent = sum(1 for i, b in enumerate(batch) if b[0] is p and i not in send)
-                if unsent:
-                    settle(p, unsent)
-            for i in send:
-                in_flight[("index", chunk_id(batch[i][0].doc.id, batch[i][1]))] = batch[i][0]
-        progress()
-        for i in send:
-            p, n, c = batch[i]
-            yield {
-                "_op_type": "index",
-                "_index": index,
-                "_id": chunk_id(p.doc.id, n),
-                "_source": {
-                    "doc_id": p.doc.id,
-                    "chunk": n,
-                    "char_start": c.char_start,
-                    "char_end": c.char_end,
-                    "title": p.doc.title,
-                    "text": c.text,
-                    "metadata": dict(p.doc.metadata),
-                    "embedding": vectors[i],
-                },
-            }
-        if replace_stale:
-            for stale in _stale_chunks(engine, index, {p.doc.id: p.total for p, _, _ in batch}):
-                with lock:
-                    in_flight[("delete", stale)] = None
-                yield {"_op_type": "delete", "_index": index, "_id": stale}
-
-    def actions() -> Iterator[dict[str, Any]]:
-        batch: list[tuple[_Pending, int, Any]] = []
-        for record in records:
-            with lock:
-                report.documents_read += 1
-            if isinstance(record, Rejection):
-                reject(record)
-                continue
-            problem = _json_problem(record)
-            if problem is not None:
-                reject(record, problem)
-                continue
-            try:
-                chunks = chunker.split(record.text)
-            except Exception as e:  # noqa: BLE001 - a tokenizer failing on one record's text
-                reject(record, f"could not split into chunks: {type(e).__name__}: {e}")
-                continue
-            if not chunks:
-                reject(record, "text has no tokens")
-                continue
-            pending = _Pending(record, total=len(chunks), remaining=len(chunks))
-            for n, c in enumerate(chunks):
-                batch.append((pending, n, c))
-                if len(batch) >= embed_window:
-                    yield from flush(batch)
-                    batch = []
-        if batch:
-            yield from flush(batch)
-
-    def record(ok: bool, item: dict) -> None:
-        (op, result), = item.items()
-        key = (op, str(result.get("_id")))
-        with lock:
-            if key not in in_flight:
-                raise IndexingError(f"the cluster answered for an operation es-rerank did not send: {op} "
-                                    f"{key[1]!r}", report)
-            pending = in_flight.pop(key)
-            if pending is None:  # a stale-chunk delete
-                report.stale_chunks_deleted += 1 if ok else 0
-                return
-            if ok:
-                report.chunks_indexed += 1
-            elif pending.error is None:
-                reason = engine.item_error(result.get("error", {}))
-                pending.error = f"{engine.display_name} rejected chunk {result.get('_id')}: {reason}"
-            settle(pending, 1)
-        progress()
-
-    # Chunking and embedding run in a producer thread, bulk requests in this one, so neither
-    # waits on the other (the runtimes and the HTTP client release the GIL while they work).
-    results = engine.streaming_bulk(_prefetch(actions(), maxsize=2 * bulk_chunk_size), chunk_size=bulk_chunk_size,
-                                    max_retries=5, initial_backoff=1, max_backoff=30, require_alias=require_alias)
-    try:
-        for ok, item in results:
-            record(ok, item)
-        if refresh:
-            engine.refresh(index)
-    except ClusterError as e:
-        report.seconds = time.perf_counter() - started
-        raise IndexingError(
-            f"indexing stopped: {e}, after {report.documents_read} documents were read and "
-            f"{report.documents_indexed} ({report.chunks_indexed} chunks) acknowledged.", report) from e
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-_DONE = object()
-
-
-def _prefetch(items: Iterator[Any], *, maxsize: int) -> Iterator[Any]:
-    """Iterate ``items`` in a background thread, at most ``maxsize`` ahead of the consumer.
-
-    An exception in the producer is re-raised in the consumer; closing the consumer stops
-    the producer at its next item.
-    """
-    q: queue.Queue = queue.Queue(maxsize=maxsize)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            put(e)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:  # a generator: run its cleanup (open files) in this thread, now
-                close()
-
-    thread = threading.Thread(target=produce, name="es-rerank-embed", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
-
-def _stale_chunks(engine: Engine, index: str, n_chunks: dict[str, int]) -> list[str]:
-    """Ids of existing chunks numbered at or past each document's new chunk count (all of them)."""
-    if not n_chunks:
-        return []
-    should = [
-        {"bool": {"filter": [{"term": {"doc_id": doc_id}}, {"range": {"chunk": {"gte": n}}}]}}
-        for doc_id, n in n_chunks.items()
-    ]
-    return list(engine.iter_ids(index, {"bool": {"should": should, "minimum_should_match": 1}}))
+    indexer = Indexer(engine, index=index, embedder=embedder, chunker=chunker, embed_window=embed_window,
+                      bulk_chunk_size=bulk_chunk_size, replace_stale=replace_stale, report=report,
+                      on_progress=on_progress, require_alias=require_alias)
+    return indexer.run(records, refresh=refresh)
 
 
 # -- one indexing run ------------------------------------------------------------------------
@@ -462,14 +158,22 @@ def index_paths(
                 on_progress(r)
 
         if not target.build:
-            if _legacy_bulk_loading(engine, target.index):
-                _end_legacy_bulk_load(engine, target.index)
-            return index_documents(engine, records, index=target.write_to, embedder=embedder, chunker=chunker,
-                                   bulk_chunk_size=bulk_chunk_size, replace_stale=True, report=report,
-                                   on_progress=progress, require_alias=target.through_alias)
+            return _write_in_place(engine, target, records, embedder=embedder, chunker=chunker,
+                                   bulk_chunk_size=bulk_chunk_size, report=report, on_progress=progress)
         build = _Build(engine, target, settings=settings, embedder=embedder, report=report, keeper=keeper)
         return build.run(records, chunker=chunker, bulk_chunk_size=bulk_chunk_size, fingerprint=fingerprint,
                          forcemerge=forcemerge, allow_rejected=allow_rejected, on_progress=progress)
+
+
+def _write_in_place(engine: Engine, target: Target, records: Iterable[Document | Rejection], *, embedder: Any,
+                    chunker: Chunker, bulk_chunk_size: int, report: IndexReport,
+                    on_progress: Callable[[IndexReport], None]) -> IndexReport:
+    """The incremental run: write into the serving index, replacing re-indexed documents' stale chunks."""
+    if _legacy_bulk_loading(engine, target.index):
+        _end_legacy_bulk_load(engine, target.index)
+    return index_documents(engine, records, index=target.write_to, embedder=embedder, chunker=chunker,
+                           bulk_chunk_size=bulk_chunk_size, replace_stale=True, report=report,
+                           on_progress=on_progress, require_alias=target.through_alias)
 
 
 def _checked_target(engine: Engine, alias: str, *, recreate: bool, dims: int, settings: Any,

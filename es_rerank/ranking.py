@@ -202,7 +202,7 @@ def blend_order(
     return [(i, finals[i]) for i in order]
 
 
-def rerank(
+def order_and_blend(
     hits: Sequence[Hit],
     scores: Sequence[float],
     *,
@@ -210,7 +210,8 @@ def rerank(
     alpha: float = DEFAULT_ALPHA,
     rank_constant: int = DEFAULT_RANK_CONSTANT,
 ) -> list[Hit]:
-    """:func:`order_by_rerank`, then :func:`blend`: the whole second stage on one query's candidates.
+    """The ordering and blending step: :func:`order_by_rerank`, then :func:`blend`, on one query's
+    candidates (the rerank step, :mod:`es_rerank.rerank_step`, scores them and calls this).
 
     Raises:
         ConfigError: Bad blend settings (checked before anything else).

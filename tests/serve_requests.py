@@ -10,7 +10,7 @@ import json
 
 from es_rerank.chunking import Chunker
 from es_rerank.engines.base import num_candidates_for
-from es_rerank.indexing import chunk_id
+from es_rerank.streaming import chunk_id
 from es_rerank.types import passage_text
 
 from conftest import SAMPLE

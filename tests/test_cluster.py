@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from es_rerank.cluster import SERVICE_USER, LocalCluster, analysis_plugin, find_java, procs, safefs
-from es_rerank.cluster.engines import ELASTICSEARCH, OPENSEARCH
+from es_rerank.cluster.distributions import ELASTICSEARCH, OPENSEARCH
 from es_rerank.errors import ClusterError
 
 if not Path("/proc/self/cmdline").exists():

@@ -101,16 +101,16 @@ def _eval_report(depth=20, final_k=5, n=40):
         m[f"recall@{depth}"] = 0.9
         m.update({f"hit_rate@{final_k}": 0.7, f"hit_rate@{depth}": 0.95, "ndcg@10": 0.6 + (delta or 0.0),
                   "mrr@10": 0.55})
-        rows.append(Row(setup, m, percentiles([10.0, 12.0]),
-                        percentiles([100.0, 140.0]) if setup.startswith("hybrid+") else percentiles([]),
+        rows.append(Row(setup=setup, metrics=m, retrieval_ms=percentiles([10.0, 12.0]),
+                        rerank_ms=percentiles([100.0, 140.0]) if setup.startswith("hybrid+") else percentiles([]),
                         comparisons=comparisons))
     hits = {q: tuple(_hit(f"{q}-d{r}", r) for r in range(1, 11)) for q in qids}
     details = QueryDetails({q: f"text of {q}" for q in qids}, {q: {f"{q}-d3": 1} for q in qids},
                            {"hybrid": base, "hybrid+cross-encoder": {q: min(1.0, v + 0.1) for q, v in base.items()}},
                            {"hybrid": hits, "hybrid+cross-encoder": {q: h[::-1] for q, h in hits.items()}})
-    report = EvalReport("/data/scifact", "test", n, depth, final_k, "rrf", 0.5, tuple(rows), {},
-                        own_document_rule(_data(n, n)).to_dict(3), {"cpu": "test", "reranker_model": "/m/ce"},
-                        12.0, details)
+    report = EvalReport(data="/data/scifact", split="test", queries=n, depth=depth, final_k=final_k, blend="rrf",
+                        blend_weight=0.5, rows=tuple(rows), gap={}, own_document=own_document_rule(_data(n, n)).to_dict(3),
+                        environment={"cpu": "test", "reranker_model": "/m/ce"}, wall_seconds=12.0, details=details)
     from dataclasses import replace
 
     return replace(report, gap=gap_analysis(report))
@@ -166,15 +166,19 @@ def test_eval_files_and_json(tmp_path):
 def _point(depth, base, delta, noise, seed, final_k=5):
     c = _compare(base, delta, noise, seed)
     rc = _compare(base, delta / 2, noise, seed + 100, f"recall@{final_k}")
-    return SweepPoint(depth, {"ndcg@10": c.baseline_mean, f"recall@{final_k}": rc.baseline_mean, "mrr@10": 0.5},
-                      {"ndcg@10": c.setup_mean, f"recall@{final_k}": rc.setup_mean, "mrr@10": 0.5},
-                      percentiles([5.0]), percentiles([100.0 * depth / 10, 120.0 * depth / 10]), c, rc)
+    return SweepPoint(depth=depth,
+                      retrieval={"ndcg@10": c.baseline_mean, f"recall@{final_k}": rc.baseline_mean, "mrr@10": 0.5},
+                      reranked={"ndcg@10": c.setup_mean, f"recall@{final_k}": rc.setup_mean, "mrr@10": 0.5},
+                      retrieval_ms=percentiles([5.0]), rerank_ms=percentiles([100.0 * depth / 10, 120.0 * depth / 10]),
+                      comparison=c, recall_comparison=rc)
 
 
 def _sweep(points, n, *, tolerance=0.01):
     advice = sweep_advice(points, final_k=5, tolerance=tolerance)
-    return SweepReport("/data/scifact", "test", n, 5, "cross-encoder", "/models/minilm-l6-scifact-ce", "none", 0.5,
-                       tolerance, tuple(points), advice, own_document_rule(_data(n, 0)).to_dict(0), {"cpu": "t"}, 3.0)
+    return SweepReport(data="/data/scifact", split="test", queries=n, final_k=5, reranker="cross-encoder",
+                       model="/models/minilm-l6-scifact-ce", blend="none", blend_weight=0.5, tolerance=tolerance,
+                       points=tuple(points), advice=advice, own_document=own_document_rule(_data(n, 0)).to_dict(0),
+                       environment={"cpu": "t"}, wall_seconds=3.0)
 
 
 def test_sweep_recommends_only_where_reranking_beats_none():
@@ -288,11 +292,14 @@ def _tune_report(folds=None):
                "estimated_ms_p50": 20.0}
     deep = {"queries": 20, "max_depth": 30, "pairs": 600, "seconds": 12.5,
             "rerank_ms": {"cross-encoder": percentiles([600.0])}}
-    return TuneReport("/data/x", "dev", 20, "ndcg@10", folds, (10, 20, 30), (), 30, ("cross-encoder",),
-                      (0.1, 0.5), result, kfold, rec, latency, deep,
-                      {"retrieval_s": 1.0, "deep_pass_s": 12.5, "grid_s": 0.8, "latency_s": 0.3},
-                      own_document_rule(_data(20, 0)).to_dict(0), {"cpu": "t"}, 15.0,
-                      TuneDetails({q: f"text {q}" for q in cands}, qrels, g, cands, scores, 60))
+    return TuneReport(data="/data/x", split="dev", queries=20, metric="ndcg@10", folds=folds, depths=(10, 20, 30),
+                      dropped_depths=(), max_depth=30, rerankers=("cross-encoder",), alphas=(0.1, 0.5), result=result,
+                      kfold=kfold, recommendation=rec, latency=latency, deep_pass=deep,
+                      timings={"retrieval_s": 1.0, "deep_pass_s": 12.5, "grid_s": 0.8, "latency_s": 0.3},
+                      own_document=own_document_rule(_data(20, 0)).to_dict(0), environment={"cpu": "t"},
+                      wall_seconds=15.0,
+                      details=TuneDetails(texts={q: f"text {q}" for q in cands}, qrels=qrels, grid=g, candidates=cands,
+                                          scores=scores, rank_constant=60))
 
 
 @pytest.mark.parametrize("folds", [None, 4])

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from es_rerank.errors import ConfigError, RerankerError
 from es_rerank.evaluate.metrics import doc_scores
-from es_rerank.ranking import BLEND_METHODS, blend, check_blend, collapse, fallback_count, order_by_rerank, rerank
+from es_rerank.ranking import (BLEND_METHODS, blend, check_blend, collapse, fallback_count, order_and_blend,
+                               order_by_rerank)
 from es_rerank.types import Hit
 
 
@@ -198,9 +199,9 @@ def test_blend_needs_reranked_hits():
 
 def test_rerank_is_order_then_blend():
     hits = [hit("a#0", 1, 0.030), hit("b#0", 2, 0.020), hit("c#0", 3, 0.010)]
-    assert rerank(hits, [2.0, -1.0, 5.0], method="rrf") == blend(reranked_abc(), "rrf")
+    assert order_and_blend(hits, [2.0, -1.0, 5.0], method="rrf") == blend(reranked_abc(), "rrf")
     with pytest.raises(ConfigError, match="got 'x'"):
-        rerank(hits, [1.0], method="x")  # settings are checked before the scores
+        order_and_blend(hits, [1.0], method="x")  # settings are checked before the scores
 
 
 # --- collapse ------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_build_reranker_uses_onnx_backend(settings, onnx_ce):
 
 
 def test_prefetch_keeps_order_and_reraises():
-    from es_rerank.indexing import _prefetch
+    from es_rerank.streaming import _prefetch
 
     assert list(_prefetch(iter(range(100)), maxsize=3)) == list(range(100))
 

@@ -33,11 +33,22 @@ def test_compose_opensearch_image_matches_server():
     assert re.search(rf"opensearchproject/opensearch:{re.escape(OPENSEARCH_VERSION)}\b", compose)
 
 
-def test_local_cluster_defaults_follow_versions():
-    from es_rerank.cluster import ENGINES
+def test_one_list_of_engine_names():
+    """The query engines and the local distributions are keyed by config's one list of names."""
+    from es_rerank.cluster import DISTRIBUTIONS
+    from es_rerank.config import ENGINE_CHOICES, ENGINE_NAMES
+    from es_rerank.engines import ENGINES
 
-    assert ENGINES["elasticsearch"].default_version == ES_VERSION
-    assert ENGINES["opensearch"].default_version == OPENSEARCH_VERSION
+    assert tuple(ENGINES) == tuple(DISTRIBUTIONS) == ENGINE_NAMES == ("elasticsearch", "opensearch")
+    assert ENGINE_CHOICES == ("auto", *ENGINE_NAMES)
+    assert all(ENGINES[n].name == DISTRIBUTIONS[n].name == n for n in ENGINE_NAMES)
+
+
+def test_local_cluster_defaults_follow_versions():
+    from es_rerank.cluster import DISTRIBUTIONS
+
+    assert DISTRIBUTIONS["elasticsearch"].default_version == ES_VERSION
+    assert DISTRIBUTIONS["opensearch"].default_version == OPENSEARCH_VERSION
     # the k-NN plugin must match its server exactly
-    (knn,) = ENGINES["opensearch"].plugins(OPENSEARCH_VERSION)
+    (knn,) = DISTRIBUTIONS["opensearch"].plugins(OPENSEARCH_VERSION)
     assert knn.version == f"{OPENSEARCH_VERSION}.0"

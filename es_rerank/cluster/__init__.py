@@ -9,8 +9,8 @@ Example:
 See :mod:`es_rerank.cluster.local` for the folder layout and the safety rules.
 """
 
-from .engines import ENGINES
+from .distributions import DISTRIBUTIONS
 from .local import CLUSTER_NAME, SERVICE_USER, LocalCluster, ServiceUser, default_home, find_java, java_major
 
-__all__ = ["CLUSTER_NAME", "ENGINES", "SERVICE_USER", "LocalCluster", "ServiceUser", "default_home", "find_java",
+__all__ = ["CLUSTER_NAME", "DISTRIBUTIONS", "SERVICE_USER", "LocalCluster", "ServiceUser", "default_home", "find_java",
            "java_major"]

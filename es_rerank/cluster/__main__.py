@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import ClusterError
 from . import maven
-from .engines import ENGINES
+from .distributions import DISTRIBUTIONS
 from .local import LocalCluster
 
 
@@ -36,7 +36,7 @@ def _size(path: Path) -> int:
 
 def _archives(cluster: LocalCluster) -> list[Path]:
     """Where the engine's zip sits in the local Maven repository once fetched."""
-    engine = ENGINES[cluster.engine]
+    engine = DISTRIBUTIONS[cluster.engine]
     group, artifact, version, packaging = engine.coordinates(cluster.version).split(":")
     return [maven.local_repository().joinpath(*group.split("."), artifact, version, f"{artifact}-{version}.{packaging}")]
 
@@ -50,7 +50,7 @@ def start(engine: str | None, port: int | None, timeout: float) -> str:
     seconds = time.monotonic() - started
     got = sum(a.stat().st_size for a in fetched if a.is_file())
     what = f"fetched {_mb(got)} from Maven Central; " if got else ""
-    return (f"{ENGINES[cluster.engine].display} {cluster.version} up at {url} in {seconds:.1f} s "
+    return (f"{DISTRIBUTIONS[cluster.engine].display} {cluster.version} up at {url} in {seconds:.1f} s "
             f"({what}cluster folder {_mb(_size(cluster.home))})")
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Start the local node (standard library only).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("start", help="Fetch (once) and start the local node; a no-op when it already runs.")
-    p.add_argument("--engine", choices=sorted(ENGINES), default=None,
+    p.add_argument("--engine", choices=sorted(DISTRIBUTIONS), default=None,
                    help="default: ES_RERANK_CLUSTER_ENGINE, else elasticsearch")
     p.add_argument("--port", type=int, default=None, help="default: ES_RERANK_CLUSTER_PORT, else the engine's")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health (default 180)")

@@ -47,7 +47,7 @@ from types import MappingProxyType
 from ..config import SettingInfo
 from ..errors import ClusterError
 from . import maven, procs, safefs
-from .engines import ENGINES, Engine
+from .distributions import DISTRIBUTIONS, Distribution
 from .topology import RECORD_FILE, TRANSPORT_OFFSET, NodeSpec, Topology
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def explain_cluster(env: Mapping[str, str] | None = None) -> list[SettingInfo]:
         return SettingInfo(name, var, value, "environment") if value else SettingInfo(name, var, default, "default")
 
     engine = env.get("ES_RERANK_CLUSTER_ENGINE") or "elasticsearch"
-    port = str(ENGINES[engine].default_port) if engine in ENGINES else "9200"
+    port = str(DISTRIBUTIONS[engine].default_port) if engine in DISTRIBUTIONS else "9200"
     java = next((v for v in ("ES_JAVA_HOME", "JAVA_HOME") if env.get(v)), None)
     if java == "JAVA_HOME":
         jdk = SettingInfo("java_home", "ES_JAVA_HOME", env[java], "environment (JAVA_HOME)")
@@ -237,10 +237,10 @@ class LocalCluster:
                  extra_settings: Mapping[str, object] | None = None, nodes: int | None = None) -> None:
         if engine is None:
             engine = os.environ.get("ES_RERANK_CLUSTER_ENGINE") or "elasticsearch"
-        if engine not in ENGINES:
-            raise ClusterError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}")
-        self._engine: Engine = ENGINES[engine]
-        self._version = self._engine.default_version if version is None else version
+        if engine not in DISTRIBUTIONS:
+            raise ClusterError(f"engine must be one of {sorted(DISTRIBUTIONS)}, got {engine!r}")
+        self._distribution: Distribution = DISTRIBUTIONS[engine]
+        self._version = self._distribution.default_version if version is None else version
         if not re.fullmatch(r"\d+\.\d+\.\d+", self._version):
             raise ClusterError(f"version must look like 9.2.8, got {self._version!r}")
         home_path = default_home() if home is None else Path(home)
@@ -252,7 +252,7 @@ class LocalCluster:
             env_port = os.environ.get("ES_RERANK_CLUSTER_PORT")
             if env_port and not env_port.strip().isdigit():
                 raise ClusterError(f"ES_RERANK_CLUSTER_PORT must be a port number, got {env_port!r}")
-            port = int(env_port) if env_port else self._engine.default_port
+            port = int(env_port) if env_port else self._distribution.default_port
         if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535 - TRANSPORT_OFFSET:
             raise ClusterError(f"port must be an integer from 1024 to {65535 - TRANSPORT_OFFSET} (the transport "
                                f"port is port + {TRANSPORT_OFFSET}), got {port!r}")
@@ -269,7 +269,7 @@ class LocalCluster:
                 raise ClusterError(f"ES_RERANK_CLUSTER_NODES must be a number of nodes, got {env_nodes!r}")
             nodes = int(env_nodes) if env_nodes else None
         if nodes is not None:
-            Topology(self._engine.name, port, nodes)  # validates the count and the ports it takes
+            Topology(self._distribution.name, port, nodes)  # validates the count and the ports it takes
         self._nodes_arg = nodes
 
     @staticmethod
@@ -293,7 +293,7 @@ class LocalCluster:
 
     @property
     def engine(self) -> str:
-        return self._engine.name
+        return self._distribution.name
 
     @property
     def version(self) -> str:
@@ -337,29 +337,29 @@ class LocalCluster:
                 raise ClusterError(f"{where}: this is node {record['index'] + 1} of a cluster whose first HTTP port "
                                    f"is {record['first_port']}; use --port {record['first_port']}")
             size = record["nodes"] if record is not None else 1
-        return Topology(self._engine.name, self._port, size, self._engine.bootstrap_setting)
+        return Topology(self._distribution.name, self._port, size, self._distribution.bootstrap_setting)
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
         return self.topology.nodes
 
     def _node_dir(self, node: NodeSpec) -> Path:
-        return self._home / f"{self._engine.name}-node-{node.http_port}"
+        return self._home / f"{self._distribution.name}-node-{node.http_port}"
 
     def _pid_file(self, node: NodeSpec) -> Path:
-        return self._node_dir(node) / "run" / f"{self._engine.name}.pid"
+        return self._node_dir(node) / "run" / f"{self._distribution.name}.pid"
 
     def _log_file(self, node: NodeSpec) -> Path:
         return self._node_dir(node) / "logs" / f"{CLUSTER_NAME}.log"
 
     @property
     def dist_dir(self) -> Path:
-        return self._home / f"{self._engine.name}-{self._version}"
+        return self._home / f"{self._distribution.name}-{self._version}"
 
     @property
     def node_dir(self) -> Path:
         """The first node's folder."""
-        return self._home / f"{self._engine.name}-node-{self._port}"
+        return self._home / f"{self._distribution.name}-node-{self._port}"
 
     @property
     def node_dirs(self) -> list[Path]:
@@ -367,7 +367,7 @@ class LocalCluster:
 
     @property
     def pid_file(self) -> Path:
-        return self.node_dir / "run" / f"{self._engine.name}.pid"
+        return self.node_dir / "run" / f"{self._distribution.name}.pid"
 
     @property
     def log_file(self) -> Path:
@@ -409,7 +409,7 @@ class LocalCluster:
         if os.geteuid() == 0 and user is None:
             return None  # as root, nodes only ever run as the service user: none can exist
         uid = os.geteuid() if user is None else user.uid
-        main_class = self._engine.main_class
+        main_class = self._distribution.main_class
         node_dir = self.node_dir if node is None else self._node_dir(node)
         return procs.NodeIdentity(main_class=main_class, node_dir=node_dir, uid=uid)
 
@@ -441,7 +441,7 @@ class LocalCluster:
         per_node, answers = [], []
         for node in self.nodes:
             probe = self._probe(node)
-            managed = probe is not None and self.is_ours(probe[0]) and probe[1] == self._engine.name
+            managed = probe is not None and self.is_ours(probe[0]) and probe[1] == self._distribution.name
             per_node.append({"name": node.name, "url": node.url, "transport_port": node.transport_port,
                              "running": probe is not None, "managed": managed, "pid": self.pid(node),
                              "node_dir": str(self._node_dir(node))})
@@ -455,7 +455,7 @@ class LocalCluster:
                 version = info.get("version", version)
                 plugins = sorted(p["name"] for p in info.get("plugins") or [])
         return {
-            "engine": answers[0][1][1] if answers else self._engine.name,
+            "engine": answers[0][1][1] if answers else self._distribution.name,
             "version": version,
             "url": self.url,
             "running": len(answers) == len(per_node),
@@ -503,7 +503,7 @@ class LocalCluster:
                                + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
 
     def _tool_env(self, java: Path, **extra: str) -> dict[str, str]:
-        return {"PATH": PATH, "LANG": "C.UTF-8", self._engine.java_home_var: str(java), **extra}
+        return {"PATH": PATH, "LANG": "C.UTF-8", self._distribution.java_home_var: str(java), **extra}
 
     def _unpack(self) -> None:
         started = time.monotonic()
@@ -528,11 +528,11 @@ class LocalCluster:
             # again next time), never an unlisted folder that would need deleting by hand
             safefs.record_created(self._home, self.dist_dir.name)
             os.rename(tops[0], self.dist_dir)
-        logger.info("unpacked %s %s into %s in %.1f s", self._engine.display, self._version, self.dist_dir,
+        logger.info("unpacked %s %s into %s in %.1f s", self._distribution.display, self._version, self.dist_dir,
                     time.monotonic() - started)
 
     def _fetch_archive(self, work: Path) -> Path:
-        return maven.fetch(self._engine.coordinates(self._version), work)
+        return maven.fetch(self._distribution.coordinates(self._version), work)
 
     def _installed_plugin(self, name: str) -> dict[str, str] | None:
         folder = self.dist_dir / "plugins" / name
@@ -548,12 +548,12 @@ class LocalCluster:
         return None
 
     def _install_plugins(self, java: Path) -> None:
-        script = str(self.dist_dir / "bin" / self._engine.plugin_script)
-        env = self._tool_env(java, **self._engine.plugin_cli_env())
-        for spec in self._engine.plugins(self._version):
+        script = str(self.dist_dir / "bin" / self._distribution.plugin_script)
+        env = self._tool_env(java, **self._distribution.plugin_cli_env())
+        for spec in self._distribution.plugins(self._version):
             installed = self._installed_plugin(spec.name)
             if installed is not None and installed.get("version") == spec.version \
-                    and installed.get(self._engine.version_key) == self._version:
+                    and installed.get(self._distribution.version_key) == self._version:
                 continue
             started = time.monotonic()
             if installed is not None or safefs.lstat_or_none(self.dist_dir / "plugins" / spec.name) is not None:
@@ -576,26 +576,26 @@ class LocalCluster:
         conf = node_dir / "config"
         group = None if user is None else user.gid
         safefs.sync_tree(self.dist_dir / "config", conf, dir_mode=0o750, file_mode=0o640, gid=group,
-                         skip=frozenset({self._engine.config_file, "jvm.options"}))
+                         skip=frozenset({self._distribution.config_file, "jvm.options"}))
         text = (self.dist_dir / "config" / "jvm.options").read_text()
-        text = self._engine.jvm_options(text, node_dir=node_dir, dist=self.dist_dir)
+        text = self._distribution.jvm_options(text, node_dir=node_dir, dist=self.dist_dir)
         safefs.write_file(conf / "jvm.options", text.encode(), mode=0o640, gid=group)
         settings: dict[str, object] = {
             **self.topology.node_settings(node, cluster_name=CLUSTER_NAME),
             "path.data": str(node_dir / "data"),
             "path.logs": str(node_dir / "logs"),
             "cluster.routing.allocation.disk.threshold_enabled": False,
-            **self._engine.settings,
+            **self._distribution.settings,
             **self._extra,
         }
         body = "# written by es-rerank at each start (LocalCluster(extra_settings=...) adds settings)\n"
         body += "".join(f"{key}: {_yaml_scalar(value)}\n" for key, value in settings.items())
-        safefs.write_file(conf / self._engine.config_file, body.encode(), mode=0o640, gid=group)
-        keystore = conf / self._engine.keystore_file
+        safefs.write_file(conf / self._distribution.config_file, body.encode(), mode=0o640, gid=group)
+        keystore = conf / self._distribution.keystore_file
         if user is not None and safefs.lstat_or_none(keystore) is None:
             # the node cannot write its config folder, so it cannot create the keystore itself
-            script = str(self.dist_dir / "bin" / self._engine.keystore_script)
-            env = self._tool_env(java, **{self._engine.conf_var: str(conf)})
+            script = str(self.dist_dir / "bin" / self._distribution.keystore_script)
+            env = self._tool_env(java, **{self._distribution.conf_var: str(conf)})
             self._run_tool([script, "create"], env, "creating the keystore")
             fd = os.open(keystore, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
@@ -644,7 +644,7 @@ class LocalCluster:
         have_dist = safefs.require_created(self._home, self.dist_dir.name, uid=euid)
         for node in nodes:
             safefs.require_created(self._home, self._node_dir(node).name, uid=euid)
-        java = find_java(env_vars=(self._engine.java_home_var, "JAVA_HOME"))
+        java = find_java(env_vars=(self._distribution.java_home_var, "JAVA_HOME"))
         if not have_dist:
             self._unpack()
         self._install_plugins(java)
@@ -678,7 +678,7 @@ class LocalCluster:
                 to_launch.append(node)
         if not to_launch:
             logger.info("local %s already running at %s (settings apply at launch: stop it to change them)",
-                        self._engine.display, self.url)
+                        self._distribution.display, self.url)
             self._wait_healthy(deadline, launched=())
             return self.url
         for node in to_launch:
@@ -696,7 +696,7 @@ class LocalCluster:
                 self._stop_launched(launched[:i])
                 raise
         self._wait_healthy(deadline, launched=launched)
-        logger.info("%s %s healthy at %s (%d node(s), %d launched) in %.1f s", self._engine.display, self._version,
+        logger.info("%s %s healthy at %s (%d node(s), %d launched) in %.1f s", self._distribution.display, self._version,
                     self.url, len(self.nodes), len(launched), time.monotonic() - started)
         return self.url
 
@@ -705,8 +705,8 @@ class LocalCluster:
         if probe is None:
             return False
         body, engine = probe
-        if not self.is_ours(body) or engine != self._engine.name:
-            other = ENGINES[engine].display if engine in ENGINES else "server"
+        if not self.is_ours(body) or engine != self._distribution.name:
+            other = DISTRIBUTIONS[engine].display if engine in DISTRIBUTIONS else "server"
             raise ClusterError(
                 f"port {node.http_port} is held by another {other} (cluster {body.get('cluster_name')!r}); choose "
                 "another port (--port / ES_RERANK_CLUSTER_PORT) or use that cluster through ES_URL")
@@ -714,14 +714,14 @@ class LocalCluster:
 
     def _launch(self, node: NodeSpec, deadline: float) -> None:
         user = _service_user(create=True)
-        java = find_java(env_vars=(self._engine.java_home_var, "JAVA_HOME"))
+        java = find_java(env_vars=(self._distribution.java_home_var, "JAVA_HOME"))
         node_dir = self._node_dir(node)
         tag = f"{procs.NODE_TAG}{node_dir}"
         env = self._tool_env(java, **{
-            self._engine.conf_var: str(node_dir / "config"),
-            self._engine.java_opts_var: f"-Xms{self._heap} -Xmx{self._heap} {tag}",
+            self._distribution.conf_var: str(node_dir / "config"),
+            self._distribution.java_opts_var: f"-Xms{self._heap} -Xmx{self._heap} {tag}",
         })
-        argv = [str(self.dist_dir / "bin" / self._engine.script), "-d", "-p", str(self._pid_file(node))]
+        argv = [str(self.dist_dir / "bin" / self._distribution.script), "-d", "-p", str(self._pid_file(node))]
         # the node's files are not for other users to read
         cmd = ["/bin/sh", "-c", 'umask 027 && exec "$@"', "es-rerank-node", *argv]
         if user is not None:
@@ -732,7 +732,7 @@ class LocalCluster:
                    *cmd]
             env = {"PATH": PATH, "LANG": "C.UTF-8"}
         safefs.remove_entry(self._pid_file(node))
-        logger.info("starting %s %s on %s (java %s%s)", self._engine.display, self._version, node.url, java,
+        logger.info("starting %s %s on %s (java %s%s)", self._distribution.display, self._version, node.url, java,
                     "" if user is None else f", as {user.name}")
         launcher_log = node_dir / "launcher.log"
         fd = os.open(launcher_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
@@ -743,13 +743,13 @@ class LocalCluster:
                                   cwd=node_dir / "logs", timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired as e:
             self._stop_launched((node,))
-            raise ClusterError(f"{self._engine.display} launcher did not return in time; stopped it\n"
+            raise ClusterError(f"{self._distribution.display} launcher did not return in time; stopped it\n"
                                f"--- log ---\n{self.log_tail(node=node)}") from e
         finally:
             os.close(fd)
         if proc.returncode != 0:
             self._stop_launched((node,))
-            raise ClusterError(f"{self._engine.display} failed to start (exit {proc.returncode}):\n"
+            raise ClusterError(f"{self._distribution.display} failed to start (exit {proc.returncode}):\n"
                                f"{self._launcher_tail(node)}\n--- server log ---\n{self.log_tail(node=node)}")
 
     def _launcher_tail(self, node: NodeSpec, lines: int = 20) -> str:
@@ -773,12 +773,12 @@ class LocalCluster:
                 identity = self._identity(node)
                 if identity is None or not identity.find():
                     self._stop_launched(launched)
-                    raise ClusterError(f"{self._engine.display} at {node.url} exited during startup:\n"
+                    raise ClusterError(f"{self._distribution.display} at {node.url} exited during startup:\n"
                                        f"{self._launcher_tail(node)}\n--- server log ---\n{self.log_tail(node=node)}")
             if time.monotonic() >= deadline:
                 stopped = self._stop_launched(launched)
                 node = waiting[0]
-                raise ClusterError(f"{self._engine.display} at {node.url} was not healthy in time"
+                raise ClusterError(f"{self._distribution.display} at {node.url} was not healthy in time"
                                    f"{'; stopped the nodes launched' if stopped else ''}\n--- server log ---\n"
                                    f"{self.log_tail(node=node)}")
             time.sleep(1.0)

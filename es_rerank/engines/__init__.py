@@ -19,7 +19,9 @@ from .opensearch import OpenSearchEngine
 
 logger = logging.getLogger(__name__)
 
-ENGINES: dict[str, type[Engine]] = {"elasticsearch": ElasticsearchEngine, "opensearch": OpenSearchEngine}
+ENGINES: dict[str, type[Engine]] = {cls.name: cls for cls in (ElasticsearchEngine, OpenSearchEngine)}
+"""The query engine of each name in :data:`es_rerank.config.ENGINE_NAMES` (tests/test_versions.py
+checks the two agree)."""
 
 
 def engine_class(name: str) -> type[Engine]:

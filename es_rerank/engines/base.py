@@ -699,11 +699,16 @@ class Engine(ABC):
 
     # -- administration (names are validated; callers check ownership) -----------------------
 
-    def state(self, name: str) -> IndexState:
-        """Whether ``name`` is missing, a concrete index or an alias, and the ``_meta`` behind it."""
+    def state(self, name: str, *, headers: Mapping[str, str] | None = None) -> IndexState:
+        """Whether ``name`` is missing, a concrete index or an alias, and the ``_meta`` behind it.
+
+        ``headers`` (a caller's ``Authorization``, say) go with the request, so the cluster
+        answers what that caller may read.
+        """
         validate_index_name(name)
         try:
-            resp = self.request("GET", f"/{name}", params={"filter_path": "*.mappings._meta,*.aliases"}, index=name)
+            resp = self.request("GET", f"/{name}", params={"filter_path": "*.mappings._meta,*.aliases"},
+                                headers=headers, index=name)
         except IndexMissingError:
             return IndexState(name, "missing")
         indices = tuple(sorted(resp))

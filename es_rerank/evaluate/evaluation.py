@@ -18,15 +18,16 @@ from ..rerankers import Reranker
 from ..types import Hit, Usage
 from .data import BeirData, own_document_rule
 from .metrics import doc_scores, evaluate_run, metric_names, per_query, percentiles
+from .records import IN_MEMORY, Record
 from .runner import (BASELINE, PRIMARY_METRIC, RETRIEVAL_MODES, QueryDetails, environment, query_ids,
                      retrieve_candidates, view_hits, warm_up)
-from .stats import DEFAULT_SEED, PairedComparison, paired_comparison
+from .stats import DEFAULT_SEED, PairedComparison, paired_comparison, paired_phrase, verdict
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Row:
+@dataclass(frozen=True, kw_only=True)
+class Row(Record):
     """One setup's numbers: mean metrics, latency percentiles (ms) and its comparison with hybrid.
 
     Attributes:
@@ -48,15 +49,9 @@ class Row:
     fallbacks: int | None = None
     comparisons: Mapping[str, PairedComparison] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"setup": self.setup, "metrics": dict(self.metrics), "retrieval_ms": dict(self.retrieval_ms),
-                "rerank_ms": dict(self.rerank_ms), "tokens_per_query": self.tokens_per_query,
-                "fallbacks": self.fallbacks,
-                "comparisons": {m: c.to_dict() for m, c in self.comparisons.items()}}
 
-
-@dataclass(frozen=True)
-class EvalReport:
+@dataclass(frozen=True, kw_only=True)
+class EvalReport(Record):
     """Every setup on one split at one depth.
 
     Attributes:
@@ -73,6 +68,8 @@ class EvalReport:
         environment: Where and with what the numbers were produced.
         wall_seconds: Wall time (the CLI replaces it with the command's, indexing included).
         details: Per-query material for the HTML report (not in :meth:`to_dict`).
+
+    :meth:`to_dict` is results.json: every field but ``details``, in this order.
     """
 
     data: str
@@ -87,7 +84,7 @@ class EvalReport:
     own_document: Mapping[str, Any]
     environment: Mapping[str, Any]
     wall_seconds: float = 0.0
-    details: QueryDetails | None = field(default=None, repr=False, compare=False)
+    details: QueryDetails | None = field(default=None, repr=False, compare=False, metadata=IN_MEMORY)
 
     def row(self, setup: str) -> Row:
         for r in self.rows:
@@ -99,13 +96,6 @@ class EvalReport:
     def compared(self) -> tuple[str, ...]:
         """The metrics every row is compared on: recall@final_k and nDCG@10."""
         return tuple(dict.fromkeys((f"recall@{self.final_k}", PRIMARY_METRIC)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "split": self.split, "queries": self.queries, "depth": self.depth,
-                "final_k": self.final_k, "blend": self.blend, "blend_weight": self.blend_weight,
-                "rows": [r.to_dict() for r in self.rows], "gap": dict(self.gap),
-                "own_document": dict(self.own_document), "environment": dict(self.environment),
-                "wall_seconds": self.wall_seconds}
 
 
 def run_eval(
@@ -161,86 +151,86 @@ def run_eval(
     rule = own_document_rule(data, exclude_own)
     started = time.perf_counter()
     qids = query_ids(data, max_queries)
-    setups = list(RETRIEVAL_MODES) + [f"hybrid+{name}" for name in rerankers]
-    runs: dict[str, dict[str, dict[str, float]]] = {x: {} for x in setups}
-    rankings: dict[str, dict[str, tuple[Hit, ...]]] = {x: {} for x in setups if x.startswith(BASELINE)}
-    retrieval_ms: dict[str, list[float]] = {x: [] for x in setups}
-    rerank_ms: dict[str, list[float]] = {x: [] for x in setups}
-    usage: dict[str, Usage | None] = {name: None for name in rerankers}
-    found = 0
     warm_up(searcher, data.queries[qids[0]], list(rerankers.values()), fusion)
+    passed = _Pass(RETRIEVAL_MODES + tuple(f"hybrid+{name}" for name in rerankers), rerankers)
     for i, qid in enumerate(qids, start=1):
-        query = data.queries[qid]
-        for mode in RETRIEVAL_MODES:
-            hits, ms, dropped = retrieve_candidates(searcher, qid, query, depth=depth, mode=mode, fusion=fusion,
-                                            exclude_own=rule.exclude)
-            runs[mode][qid] = doc_scores(hits)
-            retrieval_ms[mode].append(ms)
-            if mode != BASELINE:
-                continue
-            found += dropped
-            rankings[BASELINE][qid] = view_hits(hits)
-            for name, reranker in rerankers.items():
-                setup = f"hybrid+{name}"
-                out = searcher.rerank(query, hits, final_k=None, reranker=reranker, blend=blend,
-                                      blend_weight=blend_weight, results="chunks")
-                runs[setup][qid] = doc_scores(out.hits)
-                rankings[setup][qid] = view_hits(out.hits)
-                retrieval_ms[setup].append(ms)
-                rerank_ms[setup].append(out.rerank_ms)
-                if out.usage is not None:
-                    usage[name] = out.usage if usage[name] is None else usage[name] + out.usage
+        passed.query(searcher, qid, data.queries[qid], depth=depth, fusion=fusion, exclude_own=rule.exclude,
+                     blend=blend, blend_weight=blend_weight)
         if on_query is not None:
             on_query(i, len(qids))
-    ks = sorted(k for k in {1, 3, 5, 10, final_k, depth} if k <= depth)
-    names = metric_names(ks, final_k=final_k, depth=depth)
     qrels = {q: data.qrels[q] for q in qids}
-    compared = tuple(dict.fromkeys((f"recall@{final_k}", PRIMARY_METRIC)))
-    base_values = {m: per_query(qrels, runs[BASELINE], m) for m in compared}
-    values: dict[str, dict[str, float]] = {}
-    rows = []
-    for setup in setups:
-        comparisons = {}
-        if setup != BASELINE:
-            for m in compared:
-                comparisons[m] = paired_comparison(base_values[m], per_query(qrels, runs[setup], m), metric=m,
-                                                   seed=seed)
-        if setup in rankings:
-            values[setup] = (base_values[PRIMARY_METRIC] if setup == BASELINE
-                             else per_query(qrels, runs[setup], PRIMARY_METRIC))
-        name = setup.removeprefix("hybrid+")
-        used = usage.get(name) if setup.startswith("hybrid+") else None
-        rows.append(Row(setup, evaluate_run(qrels, runs[setup], names), percentiles(retrieval_ms[setup]),
-                        percentiles(rerank_ms[setup]),
-                        used.tokens / len(qids) if used is not None and used.requests else None,
-                        used.fallbacks if used is not None and used.requests else None, comparisons))
+    rows, values = passed.rows(qrels, final_k=final_k, depth=depth, seed=seed)
     report = EvalReport(
-        str(data.root), data.split, len(qids), depth, final_k, blend, blend_weight, tuple(rows), {},
-        rule.to_dict(found), environment(searcher, fusion=fusion or s.fusion, blend=blend, blend_weight=blend_weight),
-        details=QueryDetails({q: data.queries[q] for q in qids}, qrels, values, rankings, runs),
+        data=str(data.root), split=data.split, queries=len(qids), depth=depth, final_k=final_k, blend=blend,
+        blend_weight=blend_weight, rows=rows, gap={}, own_document=rule.to_dict(passed.found),
+        environment=environment(searcher, fusion=fusion or s.fusion, blend=blend, blend_weight=blend_weight),
+        details=QueryDetails({q: data.queries[q] for q in qids}, qrels, values, passed.rankings, passed.runs),
     )
     return replace(report, gap=gap_analysis(report), wall_seconds=time.perf_counter() - started)
 
 
-def _interval(c: PairedComparison) -> str:
-    if c.ci_low is None or c.ci_high is None:
-        return "no interval from 1 query"
-    return f"{c.confidence:.0%} CI {c.ci_low:+.3f} to {c.ci_high:+.3f}"
+class _Pass:
+    """One pass over the queries collecting every setup's run, rankings, latencies and LLM usage."""
 
+    def __init__(self, setups: tuple[str, ...], rerankers: Mapping[str, Reranker]):
+        self.setups, self.rerankers = setups, rerankers
+        self.runs: dict[str, dict[str, dict[str, float]]] = {x: {} for x in setups}
+        self.rankings: dict[str, dict[str, tuple[Hit, ...]]] = {x: {} for x in setups if x.startswith(BASELINE)}
+        self.retrieval_ms: dict[str, list[float]] = {x: [] for x in setups}
+        self.rerank_ms: dict[str, list[float]] = {x: [] for x in setups}
+        self.usage: dict[str, Usage | None] = {name: None for name in rerankers}
+        self.found = 0
 
-def verdict(c: PairedComparison) -> str:
-    """``better``, ``worse`` or ``within noise``: what the interval says."""
-    return "better" if c.better else "worse" if c.excludes_zero else "within noise"
+    def query(self, searcher: Searcher, qid: str, query: str, *, depth: int, fusion: str | None, exclude_own: bool,
+              blend: str, blend_weight: float) -> None:
+        """Retrieve in every mode; rerank the hybrid candidates with every reranker."""
+        for mode in RETRIEVAL_MODES:
+            hits, ms, dropped = retrieve_candidates(searcher, qid, query, depth=depth, mode=mode, fusion=fusion,
+                                                    exclude_own=exclude_own)
+            self.runs[mode][qid] = doc_scores(hits)
+            self.retrieval_ms[mode].append(ms)
+            if mode != BASELINE:
+                continue
+            self.found += dropped
+            self.rankings[BASELINE][qid] = view_hits(hits)
+            for name, reranker in self.rerankers.items():
+                setup = f"hybrid+{name}"
+                out = searcher.rerank(query, hits, final_k=None, reranker=reranker, blend=blend,
+                                      blend_weight=blend_weight, results="chunks")
+                self.runs[setup][qid] = doc_scores(out.hits)
+                self.rankings[setup][qid] = view_hits(out.hits)
+                self.retrieval_ms[setup].append(ms)
+                self.rerank_ms[setup].append(out.rerank_ms)
+                if out.usage is not None:
+                    self.usage[name] = out.usage if self.usage[name] is None else self.usage[name] + out.usage
 
-
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-def paired_phrase(c: PairedComparison) -> str:
-    """``+0.012, 95% CI -0.004 to +0.029; 41 wins, 230 ties, 29 losses: within noise``."""
-    return (f"{c.mean_delta:+.3f}, {_interval(c)}; {_count(c.wins, 'win', 'wins')}, {_count(c.ties, 'tie', 'ties')}, "
-            f"{_count(c.losses, 'loss', 'losses')}: {verdict(c)}")
+    def rows(self, qrels: Mapping[str, Mapping[str, int]], *, final_k: int, depth: int,
+             seed: int) -> tuple[tuple[Row, ...], dict[str, dict[str, float]]]:
+        """Every setup's row (compared with hybrid), and the per-query nDCG@10 of the ranked setups."""
+        runs, n = self.runs, len(qrels)
+        names = metric_names(sorted(k for k in {1, 3, 5, 10, final_k, depth} if k <= depth), final_k=final_k,
+                             depth=depth)
+        compared = tuple(dict.fromkeys((f"recall@{final_k}", PRIMARY_METRIC)))
+        base_values = {m: per_query(qrels, runs[BASELINE], m) for m in compared}
+        values: dict[str, dict[str, float]] = {}
+        rows = []
+        for setup in self.setups:
+            comparisons = {}
+            if setup != BASELINE:
+                for m in compared:
+                    comparisons[m] = paired_comparison(base_values[m], per_query(qrels, runs[setup], m), metric=m,
+                                                       seed=seed)
+            if setup in self.rankings:
+                values[setup] = (base_values[PRIMARY_METRIC] if setup == BASELINE
+                                 else per_query(qrels, runs[setup], PRIMARY_METRIC))
+            used = self.usage.get(setup.removeprefix("hybrid+")) if setup.startswith("hybrid+") else None
+            llm = used is not None and used.requests
+            rows.append(Row(setup=setup, metrics=evaluate_run(qrels, runs[setup], names),
+                            retrieval_ms=percentiles(self.retrieval_ms[setup]),
+                            rerank_ms=percentiles(self.rerank_ms[setup]),
+                            tokens_per_query=used.tokens / n if llm else None, fallbacks=used.fallbacks if llm else None,
+                            comparisons=comparisons))
+        return tuple(rows), values
 
 
 def gap_analysis(report: EvalReport) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .html import Plot, QuerySection, TableRow, plot_tune, query_views, render_report
-from .evaluation import EvalReport, paired_phrase
+from .evaluation import EvalReport
 from .runner import BASELINE, PRIMARY_METRIC, QueryDetails
 from .sweep import SweepReport
 from .tuning import TuneReport
-from .stats import PairedComparison, paired_comparison
+from .stats import PairedComparison, paired_comparison, paired_phrase
 from .metrics import doc_scores
 from .trec import RUN_SUFFIX, rescoring_note, run_name, write_runs
 from .tune import apply_setting

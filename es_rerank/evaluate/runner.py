@@ -16,8 +16,6 @@ the same quality numbers every time. Reranking goes through
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import logging
 import os
 import platform

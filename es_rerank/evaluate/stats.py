@@ -108,6 +108,27 @@ class PairedComparison:
         return out
 
 
+def verdict(c: PairedComparison) -> str:
+    """``better``, ``worse`` or ``within noise``: what the interval says."""
+    return "better" if c.better else "worse" if c.excludes_zero else "within noise"
+
+
+def paired_phrase(c: PairedComparison) -> str:
+    """``+0.012, 95% CI -0.004 to +0.029; 41 wins, 230 ties, 29 losses: within noise``."""
+    return (f"{c.mean_delta:+.3f}, {_interval(c)}; {_count(c.wins, 'win', 'wins')}, {_count(c.ties, 'tie', 'ties')}, "
+            f"{_count(c.losses, 'loss', 'losses')}: {verdict(c)}")
+
+
+def _interval(c: PairedComparison) -> str:
+    if c.ci_low is None or c.ci_high is None:
+        return "no interval from 1 query"
+    return f"{c.confidence:.0%} CI {c.ci_low:+.3f} to {c.ci_high:+.3f}"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def bootstrap_ci(
     values: np.ndarray | list[float],
     *,

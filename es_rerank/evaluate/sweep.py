@@ -15,17 +15,17 @@ from ..errors import ValidationError
 from ..rerankers import Reranker
 from ..types import Hit
 from .data import BeirData, own_document_rule
-from .evaluation import paired_phrase
 from .metrics import doc_scores, evaluate_run, per_query, percentiles
+from .records import IN_MEMORY, Record
 from .runner import (FEW_QUERIES, PRIMARY_METRIC, SMALLEST_GAIN, QueryDetails, compare_runs, environment, query_ids,
                      retrieve_candidates, view_hits, warm_up)
-from .stats import DEFAULT_SEED, PairedComparison, paired_comparison
+from .stats import DEFAULT_SEED, PairedComparison, paired_comparison, paired_phrase
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SweepPoint:
+@dataclass(frozen=True, kw_only=True)
+class SweepPoint(Record):
     """One depth: hybrid and reranked metrics, latencies, and reranked vs hybrid paired.
 
     Attributes:
@@ -46,14 +46,9 @@ class SweepPoint:
     comparison: PairedComparison
     recall_comparison: PairedComparison
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"depth": self.depth, "retrieval": dict(self.retrieval), "reranked": dict(self.reranked),
-                "retrieval_ms": dict(self.retrieval_ms), "rerank_ms": dict(self.rerank_ms),
-                "comparison": self.comparison.to_dict(), "recall_comparison": self.recall_comparison.to_dict()}
 
-
-@dataclass(frozen=True)
-class SweepAdvice:
+@dataclass(frozen=True, kw_only=True)
+class SweepAdvice(Record):
     """What the sweep recommends.
 
     Attributes:
@@ -71,13 +66,9 @@ class SweepAdvice:
     too_few_queries: bool
     sentence: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"depth": self.depth, "helps": self.helps, "worse_depths": list(self.worse_depths),
-                "too_few_queries": self.too_few_queries, "sentence": self.sentence}
 
-
-@dataclass(frozen=True)
-class SweepReport:
+@dataclass(frozen=True, kw_only=True)
+class SweepReport(Record):
     """Hybrid and hybrid + one reranker at several depths.
 
     Attributes:
@@ -91,6 +82,7 @@ class SweepReport:
         blend_weight: The reranker's weight in a ``linear`` blend.
         tolerance: Recall@k tolerance of the recommended depth.
         points: One per depth, ascending.
+        recommended_depth: ``advice.depth`` (set from it).
         advice: The recommendation.
         own_document: The own-document rule applied.
         environment: Where and with what the numbers were produced.
@@ -109,23 +101,15 @@ class SweepReport:
     blend_weight: float
     tolerance: float
     points: tuple[SweepPoint, ...]
+    recommended_depth: int | None = field(init=False)
     advice: SweepAdvice
     own_document: Mapping[str, Any]
     environment: Mapping[str, Any]
     wall_seconds: float = 0.0
-    details: QueryDetails | None = field(default=None, repr=False, compare=False)
+    details: QueryDetails | None = field(default=None, repr=False, compare=False, metadata=IN_MEMORY)
 
-    @property
-    def recommended_depth(self) -> int | None:
-        return self.advice.depth
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "split": self.split, "queries": self.queries, "final_k": self.final_k,
-                "reranker": self.reranker, "model": self.model, "blend": self.blend,
-                "blend_weight": self.blend_weight, "tolerance": self.tolerance,
-                "points": [p.to_dict() for p in self.points], "recommended_depth": self.advice.depth,
-                "advice": self.advice.to_dict(), "own_document": dict(self.own_document),
-                "environment": dict(self.environment), "wall_seconds": self.wall_seconds}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recommended_depth", self.advice.depth)
 
 
 def plateau_depth(depths: Sequence[int], recalls: Sequence[float], tolerance: float) -> int:
@@ -178,7 +162,8 @@ def sweep_advice(points: Sequence[SweepPoint], *, final_k: int, tolerance: float
                     f"whose reranked recall@{final_k} is within {tolerance:.3f} of their best ({best:.3f}).")
         if worse:
             sentence += f" At depth {_depth_list(worse)} reranking is worse than none."
-        return SweepAdvice(depth, True, worse, False, sentence + rough)
+        return SweepAdvice(depth=depth, helps=True, worse_depths=worse, too_few_queries=False,
+                           sentence=sentence + rough)
     parts = [f"No depth beats not reranking: nDCG@10 with reranking is not better than without at any depth "
              f"with 95% confidence ({n} queries, paired bootstrap)."]
     if worse:
@@ -194,7 +179,8 @@ def sweep_advice(points: Sequence[SweepPoint], *, final_k: int, tolerance: float
     else:
         parts.append(f"A gain of {SMALLEST_GAIN} nDCG@10 or more is ruled out at every depth.")
     parts.append("Keep hybrid (--reranker none)" + (" until more queries say otherwise." if too_few else "."))
-    return SweepAdvice(None, False, worse, too_few, " ".join(parts) + rough)
+    return SweepAdvice(depth=None, helps=False, worse_depths=worse, too_few_queries=too_few,
+                       sentence=" ".join(parts) + rough)
 
 
 def run_sweep(
@@ -286,15 +272,17 @@ def run_sweep(
         values[f"hybrid@{depth}"], values[f"reranked@{depth}"] = base_ndcg, new_ndcg
         runs[f"hybrid@{depth}"], runs[f"reranked@{depth}"] = before, after
         points.append(SweepPoint(
-            depth, evaluate_run(qrels, before, names), evaluate_run(qrels, after, names), percentiles(r_ms),
-            percentiles(rr_ms), paired_comparison(base_ndcg, new_ndcg, metric=PRIMARY_METRIC, seed=seed),
-            compare_runs(qrels, before, after, key, seed=seed)))
+            depth=depth, retrieval=evaluate_run(qrels, before, names), reranked=evaluate_run(qrels, after, names),
+            retrieval_ms=percentiles(r_ms), rerank_ms=percentiles(rr_ms),
+            comparison=paired_comparison(base_ndcg, new_ndcg, metric=PRIMARY_METRIC, seed=seed),
+            recall_comparison=compare_runs(qrels, before, after, key, seed=seed)))
     advice = sweep_advice(points, final_k=final_k, tolerance=tolerance)
     return SweepReport(
-        str(data.root), data.split, len(qids), final_k, reranker_name, model, blend, blend_weight, tolerance,
-        tuple(points), advice, rule.to_dict(found),
-        environment(searcher, fusion=fusion or s.fusion, blend=blend, blend_weight=blend_weight),
-        time.perf_counter() - started, QueryDetails({q: data.queries[q] for q in qids}, qrels, values, rankings,
-                                                    runs))
+        data=str(data.root), split=data.split, queries=len(qids), final_k=final_k, reranker=reranker_name,
+        model=model, blend=blend, blend_weight=blend_weight, tolerance=tolerance, points=tuple(points),
+        advice=advice, own_document=rule.to_dict(found),
+        environment=environment(searcher, fusion=fusion or s.fusion, blend=blend, blend_weight=blend_weight),
+        wall_seconds=time.perf_counter() - started,
+        details=QueryDetails({q: data.queries[q] for q in qids}, qrels, values, rankings, runs))
 
 

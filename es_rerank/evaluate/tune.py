@@ -46,6 +46,7 @@ from ..errors import ValidationError
 from ..ranking import DEFAULT_ALPHA, DEFAULT_RANK_CONSTANT, blend, blend_order, check_blend, order_by_rerank
 from ..types import Hit
 from .metrics import doc_scores, per_query
+from .records import Record, as_dict
 from .stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, PairedComparison, paired_comparison
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,7 @@ class Setting:
         return out if self.alpha is None else (*out, "--blend-weight", f"{self.alpha:g}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reranker": self.reranker, "depth": self.depth, "blend": self.blend, "alpha": self.alpha,
-                "label": self.label()}
+        return as_dict(self, label=self.label())
 
 
 BLENDS = ("none", "rrf", "linear")
@@ -362,8 +362,8 @@ class Cell:
         return {**self.setting.to_dict(), "mean": self.mean}
 
 
-@dataclass(frozen=True)
-class Recommendation:
+@dataclass(frozen=True, kw_only=True)
+class Recommendation(Record):
     """What to run with.
 
     Attributes:
@@ -382,10 +382,6 @@ class Recommendation:
     env: Mapping[str, str]
     cli_args: tuple[str, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"helps": self.helps, "setting": self.setting.to_dict(), "sentence": self.sentence,
-                "reason": self.reason, "env": dict(self.env), "cli_args": list(self.cli_args)}
-
 
 def recommend(
     best: Setting, comparison: PairedComparison, baseline: Setting, *, held_out: bool = False
@@ -398,12 +394,14 @@ def recommend(
                     + ("" if best.alpha is None else f" (reranker weight {best.alpha:g})")
                     + f": {comparison.metric} {comparison.setup_mean:.4f} vs hybrid {comparison.baseline_mean:.4f} "
                     f"({comparison.mean_delta:+.4f})")
-        return Recommendation(True, best, sentence, reason, best.env(), best.cli_args())
-    return Recommendation(False, baseline, NO_HELP, reason, baseline.env(), baseline.cli_args())
+        return Recommendation(helps=True, setting=best, sentence=sentence, reason=reason, env=best.env(),
+                              cli_args=best.cli_args())
+    return Recommendation(helps=False, setting=baseline, sentence=NO_HELP, reason=reason, env=baseline.env(),
+                          cli_args=baseline.cli_args())
 
 
-@dataclass(frozen=True)
-class TuneResult:
+@dataclass(frozen=True, kw_only=True)
+class TuneResult(Record):
     """Every cell's mean, the best cell, its comparison against hybrid, and the advice.
 
     Attributes:
@@ -427,12 +425,6 @@ class TuneResult:
     best: Cell
     comparison: PairedComparison
     recommendation: Recommendation
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "queries": self.queries, "depths": list(self.depths),
-                "rerankers": list(self.rerankers), "baseline": self.baseline.to_dict(),
-                "cells": [c.to_dict() for c in self.cells], "best": self.best.to_dict(),
-                "comparison": self.comparison.to_dict(), "recommendation": self.recommendation.to_dict()}
 
 
 def select(
@@ -508,8 +500,8 @@ def kfold_split(qids: Sequence[str], k: int, *, seed: int = DEFAULT_SEED) -> tup
     return tuple(tuple(sorted(f)) for f in folds)
 
 
-@dataclass(frozen=True)
-class Fold:
+@dataclass(frozen=True, kw_only=True)
+class Fold(Record):
     """One fold of :func:`cross_validate`: chosen on the other folds, measured on this one."""
 
     index: int
@@ -519,14 +511,9 @@ class Fold:
     held_out_mean: float
     baseline_held_out_mean: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "held_out": list(self.held_out), "chosen": self.chosen.to_dict(),
-                "train_mean": self.train_mean, "held_out_mean": self.held_out_mean,
-                "baseline_held_out_mean": self.baseline_held_out_mean}
 
-
-@dataclass(frozen=True)
-class KFoldResult:
+@dataclass(frozen=True, kw_only=True)
+class KFoldResult(Record):
     """An honest estimate of tuning: each query is scored by a setting chosen without it.
 
     Attributes:
@@ -552,12 +539,6 @@ class KFoldResult:
     comparison: PairedComparison
     final: TuneResult
     recommendation: Recommendation
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "k": self.k, "seed": self.seed, "queries": self.queries,
-                "folds": [f.to_dict() for f in self.folds], "held_out_mean": self.held_out_mean,
-                "baseline_mean": self.baseline_mean, "comparison": self.comparison.to_dict(),
-                "final": self.final.to_dict(), "recommendation": self.recommendation.to_dict()}
 
 
 def cross_validate(
@@ -595,8 +576,9 @@ def cross_validate(
         values = g.per_query(chosen, test)
         held_out_values.update(values)
         baseline = g.per_query(g.baseline, test)
-        results.append(Fold(i, test, chosen, train_mean, float(np.mean(list(values.values()))),
-                            float(np.mean(list(baseline.values())))))
+        results.append(Fold(index=i, held_out=test, chosen=chosen, train_mean=train_mean,
+                            held_out_mean=float(np.mean(list(values.values()))),
+                            baseline_held_out_mean=float(np.mean(list(baseline.values())))))
     held_out_values = {q: held_out_values[q] for q in g.qids}
     comparison = paired_comparison(g.per_query(g.baseline), held_out_values, metric=g.metric,
                                    resamples=resamples, confidence=confidence, seed=seed)

@@ -20,6 +20,7 @@ from ..rerankers import Reranker
 from ..types import Hit
 from .data import BeirData, own_document_rule
 from .metrics import doc_scores, per_query, percentiles
+from .records import IN_MEMORY, Record
 from .runner import PRIMARY_METRIC, environment, query_ids, retrieve_candidates, warm_up
 from .stats import DEFAULT_SEED, PairedComparison, paired_comparison
 from .tune import (BLENDS, DEFAULT_ALPHAS, DEFAULT_DEPTHS, Grid, KFoldResult, Recommendation, Setting, TuneResult,
@@ -28,7 +29,7 @@ from .tune import (BLENDS, DEFAULT_ALPHAS, DEFAULT_DEPTHS, Grid, KFoldResult, Re
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TuneDetails:
     """What the HTML report needs beyond the numbers (never written to results.json).
 
@@ -49,8 +50,8 @@ class TuneDetails:
     rank_constant: int
 
 
-@dataclass(frozen=True)
-class TuneReport:
+@dataclass(frozen=True, kw_only=True)
+class TuneReport(Record):
     """The tuning run: the grid's choice, its comparison with hybrid, what it costs, and the advice.
 
     Attributes:
@@ -97,7 +98,7 @@ class TuneReport:
     own_document: Mapping[str, Any]
     environment: Mapping[str, Any]
     wall_seconds: float = 0.0
-    details: TuneDetails | None = field(default=None, repr=False, compare=False)
+    details: TuneDetails | None = field(default=None, repr=False, compare=False, metadata=IN_MEMORY)
 
     @property
     def chosen(self) -> Setting:
@@ -108,16 +109,6 @@ class TuneReport:
     def comparison(self) -> PairedComparison:
         """The comparison the advice rests on: held-out with folds, else on the tuning queries."""
         return self.kfold.comparison if self.kfold is not None else self.result.comparison
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"data": self.data, "split": self.split, "queries": self.queries, "metric": self.metric,
-                "folds": self.folds, "depths": list(self.depths), "dropped_depths": list(self.dropped_depths),
-                "max_depth": self.max_depth, "rerankers": list(self.rerankers), "alphas": list(self.alphas),
-                "result": self.result.to_dict(), "kfold": None if self.kfold is None else self.kfold.to_dict(),
-                "recommendation": self.recommendation.to_dict(), "latency": dict(self.latency),
-                "deep_pass": dict(self.deep_pass), "timings": dict(self.timings),
-                "own_document": dict(self.own_document), "environment": dict(self.environment),
-                "wall_seconds": self.wall_seconds}
 
 
 def metric_cutoff(metric: str) -> int:
@@ -217,64 +208,83 @@ def run_tune(
         raise ValidationError(f"folds must be an integer from 2 to the number of queries ({len(qids)}), got {folds!r}")
     s = searcher.settings
     rule = own_document_rule(data, exclude_own)
-    max_depth = kept[-1]
     started = time.perf_counter()
     warm_up(searcher, data.queries[qids[0]], list(rerankers.values()), fusion)
-    candidates: dict[str, tuple[Hit, ...]] = {}
-    scores: dict[str, dict[str, tuple[float, ...]]] = {name: {} for name in rerankers}
-    rerank_ms: dict[str, list[float]] = {name: [] for name in rerankers}
-    retrieval_s = deep_s = 0.0
-    found = pairs = 0
+    deep = _DeepPass(rerankers, max_depth=kept[-1])
     for i, qid in enumerate(qids, start=1):
-        query = data.queries[qid]
-        t0 = time.perf_counter()
-        hits, _, dropped = retrieve_candidates(searcher, qid, query, depth=max_depth, mode="hybrid", fusion=fusion,
-                                       exclude_own=rule.exclude)
-        retrieval_s += time.perf_counter() - t0
-        found += dropped
-        candidates[qid] = tuple(hits)
-        for name, reranker in rerankers.items():
-            t0 = time.perf_counter()
-            out = searcher.rerank(query, hits, final_k=None, reranker=reranker, blend="none", results="chunks")
-            deep_s += time.perf_counter() - t0
-            if hits and not out.reranked:
-                raise RerankerError(f"reranker {name} failed on query {qid!r}: {out.error}", reranker=name)
-            scores[name][qid] = _scores_in_order(hits, out.hits)
-            rerank_ms[name].append(out.rerank_ms)
-            pairs += len(hits)
+        deep.query(searcher, qid, data.queries[qid], fusion=fusion, exclude_own=rule.exclude)
         if on_query is not None:
             on_query(i, len(qids))
     qrels = {q: data.qrels[q] for q in qids}
     t0 = time.perf_counter()
-    g = evaluate_grid(candidates, scores, qrels, metric=metric, depths=kept, alphas=alphas, max_depth=max_depth,
-                      rank_constant=s.rank_constant, blends=blends)
+    g = evaluate_grid(deep.candidates, deep.scores, qrels, metric=metric, depths=kept, alphas=alphas,
+                      max_depth=deep.max_depth, rank_constant=s.rank_constant, blends=blends)
     result = select(g, seed=seed)
     kfold = cross_validate(g, k=folds, seed=seed) if folds is not None else None
     grid_s = time.perf_counter() - t0
-    recommendation = kfold.recommendation if kfold is not None else result.recommendation
-    chosen = result.best.setting
     t0 = time.perf_counter()
-    measured: list[float] = []
-    for qid in qids[:latency_queries]:
-        out = searcher.rerank(data.queries[qid], candidates[qid][:chosen.depth], final_k=None,
-                              reranker=rerankers[chosen.reranker], blend=chosen.blend,
-                              blend_weight=DEFAULT_ALPHA if chosen.alpha is None else chosen.alpha,
-                              results="documents")
-        measured.append(out.rerank_ms)
-    latency_s = time.perf_counter() - t0
-    deep_p50 = percentiles(rerank_ms[chosen.reranker])["p50"]
-    latency = {"setting": chosen.label(), "depth": chosen.depth, "queries": len(measured), **percentiles(measured),
-               "estimated_ms_p50": deep_p50 * chosen.depth / max_depth}
-    deep_pass = {"queries": len(qids), "max_depth": max_depth, "pairs": pairs, "seconds": deep_s,
-                 "rerank_ms": {name: percentiles(v) for name, v in rerank_ms.items()}}
-    timings = {"retrieval_s": retrieval_s, "deep_pass_s": deep_s, "grid_s": grid_s, "latency_s": latency_s}
-    logger.info("tune: deep pass %.1fs (%d pairs), grid %.1fs (%d settings)", deep_s, pairs, grid_s,
+    latency = deep.latency(searcher, result.best.setting, {q: data.queries[q] for q in qids[:latency_queries]})
+    timings = {"retrieval_s": deep.retrieval_s, "deep_pass_s": deep.seconds, "grid_s": grid_s,
+               "latency_s": time.perf_counter() - t0}
+    logger.info("tune: deep pass %.1fs (%d pairs), grid %.1fs (%d settings)", deep.seconds, deep.pairs, grid_s,
                 len(g.settings))
     return TuneReport(
-        str(data.root), data.split, len(qids), metric, folds, kept, dropped_depths, max_depth, tuple(rerankers),
-        tuple(float(a) for a in alphas), result, kfold, recommendation, latency, deep_pass, timings,
-        rule.to_dict(found), environment(searcher, fusion=fusion or s.fusion), time.perf_counter() - started,
-        TuneDetails({q: data.queries[q] for q in qids}, qrels, g, candidates, scores, s.rank_constant))
+        data=str(data.root), split=data.split, queries=len(qids), metric=metric, folds=folds, depths=kept,
+        dropped_depths=dropped_depths, max_depth=deep.max_depth, rerankers=tuple(rerankers),
+        alphas=tuple(float(a) for a in alphas), result=result, kfold=kfold,
+        recommendation=kfold.recommendation if kfold is not None else result.recommendation, latency=latency,
+        deep_pass=deep.record(len(qids)), timings=timings, own_document=rule.to_dict(deep.found),
+        environment=environment(searcher, fusion=fusion or s.fusion), wall_seconds=time.perf_counter() - started,
+        details=TuneDetails(texts={q: data.queries[q] for q in qids}, qrels=qrels, grid=g,
+                            candidates=deep.candidates, scores=deep.scores, rank_constant=s.rank_constant))
+
+
+class _DeepPass:
+    """The one deep rerank pass: hybrid candidates at the largest depth, every one scored by every reranker."""
+
+    def __init__(self, rerankers: Mapping[str, Reranker], *, max_depth: int):
+        self.rerankers, self.max_depth = rerankers, max_depth
+        self.candidates: dict[str, tuple[Hit, ...]] = {}
+        self.scores: dict[str, dict[str, tuple[float, ...]]] = {name: {} for name in rerankers}
+        self.rerank_ms: dict[str, list[float]] = {name: [] for name in rerankers}
+        self.retrieval_s = self.seconds = 0.0
+        self.found = self.pairs = 0
+
+    def query(self, searcher: Searcher, qid: str, query: str, *, fusion: str | None, exclude_own: bool) -> None:
+        """Retrieve the query's candidates once and have every reranker score each of them once."""
+        t0 = time.perf_counter()
+        hits, _, dropped = retrieve_candidates(searcher, qid, query, depth=self.max_depth, mode="hybrid",
+                                               fusion=fusion, exclude_own=exclude_own)
+        self.retrieval_s += time.perf_counter() - t0
+        self.found += dropped
+        self.candidates[qid] = tuple(hits)
+        for name, reranker in self.rerankers.items():
+            t0 = time.perf_counter()
+            out = searcher.rerank(query, hits, final_k=None, reranker=reranker, blend="none", results="chunks")
+            self.seconds += time.perf_counter() - t0
+            if hits and not out.reranked:
+                raise RerankerError(f"reranker {name} failed on query {qid!r}: {out.error}", reranker=name)
+            self.scores[name][qid] = _scores_in_order(hits, out.hits)
+            self.rerank_ms[name].append(out.rerank_ms)
+            self.pairs += len(hits)
+
+    def latency(self, searcher: Searcher, chosen: Setting, queries: Mapping[str, str]) -> dict[str, Any]:
+        """What ``chosen`` adds per query through the rerank step, measured on ``queries``; and the estimate."""
+        measured: list[float] = []
+        for qid, query in queries.items():
+            out = searcher.rerank(query, self.candidates[qid][:chosen.depth], final_k=None,
+                                  reranker=self.rerankers[chosen.reranker], blend=chosen.blend,
+                                  blend_weight=DEFAULT_ALPHA if chosen.alpha is None else chosen.alpha,
+                                  results="documents")
+            measured.append(out.rerank_ms)
+        deep_p50 = percentiles(self.rerank_ms[chosen.reranker])["p50"]
+        return {"setting": chosen.label(), "depth": chosen.depth, "queries": len(measured), **percentiles(measured),
+                "estimated_ms_p50": deep_p50 * chosen.depth / self.max_depth}
+
+    def record(self, queries: int) -> dict[str, Any]:
+        """The ``deep_pass`` entry of results.json."""
+        return {"queries": queries, "max_depth": self.max_depth, "pairs": self.pairs, "seconds": self.seconds,
+                "rerank_ms": {name: percentiles(v) for name, v in self.rerank_ms.items()}}
 
 
 # -- the pipeline a tuning run recommends ------------------------------------------------------------

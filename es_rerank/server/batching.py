@@ -12,7 +12,7 @@ time it has left is dropped unscored rather than computed for nobody.
 
 :class:`BatchedReranker` is the per-request face of a batcher: a
 :class:`~es_rerank.rerankers.BaseReranker` that the one rerank step,
-:meth:`es_rerank.client.Searcher.rerank`, calls like any other reranker.
+:meth:`es_rerank.rerank_step.RerankStep.run`, calls like any other reranker.
 
 Example:
     >>> from es_rerank.rerankers.base import BaseReranker

@@ -5,7 +5,8 @@ the index is es-rerank's (with the caller's credentials), embeds ``query_vector_
 texts with the index's embedder, runs the child retriever as a retrieval plan
 (:mod:`es_rerank.retrieval`, the code :class:`~es_rerank.Searcher` runs: server-side fusion
 where the cluster has it, else client-side RRF),
-and reranks the window with :meth:`es_rerank.client.Searcher.rerank`, the one rerank step.
+and reranks the window with :class:`es_rerank.rerank_step.RerankStep`, the one rerank step
+(the one :meth:`es_rerank.client.Searcher.rerank` runs).
 It also answers rerank inference requests.
 
 Credentials: the service's settings carry none (:func:`without_credentials`). Every
@@ -24,15 +25,15 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
 
-from ..client import Searcher
 from ..config import EMBEDDING_BACKENDS, Settings
 from ..embedding import Embedder, ModelEmbedder, build_embedder
 from ..engines import Engine, IndexState, open_engine
 from ..engines.base import SOURCE_FIELDS, validate_index_name
-from ..errors import ClusterError, ModelError, ValidationError
+from ..errors import ClusterError, IndexMissingError, ModelError, ValidationError
 from ..pipelines import NO_RERANKING, Resolved, check_model, of_state
 from ..pipelines import resolve as resolve_pipeline
 from ..rerankers import KINDS, BaseReranker, Reranker, Scored, as_reranker, build_reranker
+from ..rerank_step import RerankStep
 from ..retrieval import Plan, Retrieved, resolve, run
 from ..runtime import timed_load
 from .batching import BatchedReranker, PairBatcher
@@ -123,7 +124,7 @@ class RerankService:
         self._batchers: dict[str, PairBatcher] = {}
         self._embedders: dict[tuple[str, str], Embedder] = {}
         self._states: dict[tuple[str, str], tuple[float, IndexState | None]] = {}
-        self._searcher: Searcher | None = None
+        self.rerank_step = RerankStep(self.settings)
         self._lock = threading.RLock()
 
     # -- parts, built on first use ------------------------------------------------------------
@@ -141,15 +142,6 @@ class RerankService:
     def engine_name(self) -> str | None:
         """``elasticsearch`` or ``opensearch`` once the engine is open (or was given), else None."""
         return None if self._engine is None else self._engine.name
-
-    @property
-    def searcher(self) -> Searcher:
-        """The searcher whose :meth:`~es_rerank.client.Searcher.rerank` is the rerank step."""
-        if self._searcher is None:
-            with self._lock:
-                if self._searcher is None:
-                    self._searcher = Searcher(self.settings, engine=self.engine, embedder=self.embedder)
-        return self._searcher
 
     @property
     def inference_ids(self) -> tuple[str, ...]:
@@ -234,13 +226,11 @@ class RerankService:
             batchers, self._batchers = list(self._batchers.values()), {}
             built = [r for k, r in self._rerankers.items() if k not in self._given]
             self._rerankers = dict(self._given)
-            searcher, self._searcher = self._searcher, None
         for batcher in batchers:
             batcher.close()
         for reranker in built:
             reranker.close()
-        if searcher is not None:
-            searcher.close()
+        self.rerank_step.close()
         if self._own_engine and self._engine is not None:
             self._engine.close()
 
@@ -278,16 +268,15 @@ class RerankService:
 
     def _read_state(self, index: str, headers: Mapping[str, str]) -> IndexState | None:
         try:
-            resp = self.engine.request("GET", f"/{index}", params={"filter_path": "*.mappings._meta,*.aliases"},
-                                       headers=headers, index=index)
+            state = self.engine.state(index, headers=headers)
         except ClusterError as e:
             if e.status == 403:
                 logger.info("caller may not read the metadata of %r: reranking it as any index", index)
                 return None
             raise
-        indices = tuple(sorted(resp))
-        metas = {i: (resp[i].get("mappings") or {}).get("_meta") or {} for i in indices}
-        return IndexState(index, "index" if indices == (index,) else "alias", indices, metas)
+        if state.kind == "missing":
+            raise IndexMissingError(index)
+        return state
 
     def retrieve(self, spec: RerankSearch, index: str | None, headers: Mapping[str, str], *,
                  es_index: bool, embedder: Embedder) -> Retrieved:
@@ -385,7 +374,7 @@ class RerankService:
         self.metrics.retrieval_seconds.observe(time.perf_counter() - t0)
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError("retrieval used up the request's time (ES_RERANK_SERVE_TIMEOUT); nothing was reranked")
-        second = self.searcher.rerank(spec.query, first.hits, final_k=None,
+        second = self.rerank_step.run(spec.query, first.hits, final_k=None,
                                       reranker=None if key is None else self.scorer(key, deadline=deadline),
                                       results="documents" if es_index else "chunks", blend=plan.values["blend"],
                                       blend_weight=plan.values["blend_weight"])

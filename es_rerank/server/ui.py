@@ -5,7 +5,7 @@ script, one style sheet; no build step, nothing fetched from elsewhere). It call
 small JSON endpoint, ``POST /_es_rerank/ui/compare``, which runs the server's own two
 stages: the hybrid first stage of :meth:`RerankService.retrieve` (BM25 + kNN, fused by RRF,
 the query embedded with the index's embedder) and, for each side, the one rerank step
-(:meth:`es_rerank.client.Searcher.rerank`) with that side's reranker and blend. The
+(:meth:`es_rerank.rerank_step.RerankStep.run`) with that side's reranker and blend. The
 ``_search`` API returns one ranking with one blend (``ES_RERANK_BLEND``); the page needs
 two rankings of the same candidates, either blend, and each stage's time, so it has this
 endpoint instead of a new search path.
@@ -287,7 +287,7 @@ def compare(service: RerankService, request: CompareRequest, headers: Mapping[st
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError("the request's time (ES_RERANK_SERVE_TIMEOUT) ran out before both sides were ranked")
         scorer = None if side.reranker == NO_RERANKER else service.scorer(side.reranker, deadline=deadline)
-        ranked.append(service.searcher.rerank(request.query, first.hits, final_k=None, reranker=scorer,
+        ranked.append(service.rerank_step.run(request.query, first.hits, final_k=None, reranker=scorer,
                                               blend=side.blend, blend_weight=side.blend_weight,
                                               results="documents"))
     positions = [{h.doc_id: rank for rank, h in enumerate(r.hits, start=1)} for r in ranked]

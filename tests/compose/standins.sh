@@ -140,7 +140,7 @@ elasticsearch_image() {
   step "$tag: the integ-test-zip from Maven Central and the English analysis plugin"
   ctx=$(mktemp -d)
   unpack "$ctx" "$("$PY" -c 'import sys; from pathlib import Path; from es_rerank.cluster import maven
-from es_rerank.cluster.engines import ELASTICSEARCH as E; print(maven.fetch(E.coordinates(sys.argv[1]), Path(sys.argv[2])))' "$v" "$ctx")"
+from es_rerank.cluster.distributions import ELASTICSEARCH as E; print(maven.fetch(E.coordinates(sys.argv[1]), Path(sys.argv[2])))' "$v" "$ctx")"
   "$PY" - "$ctx" "$v" <<'PY'
 import shutil, sys, tempfile
 from pathlib import Path
@@ -159,14 +159,14 @@ opensearch_image() {
   local v tag hash ctx
   v=$("$PY" -c 'from es_rerank._versions import OPENSEARCH_VERSION; print(OPENSEARCH_VERSION)')
   tag=opensearchproject/opensearch:$v
-  hash=$(hash_of "$v" "$(grep -n KNN_ARTIFACT es_rerank/cluster/engines.py)")
+  hash=$(hash_of "$v" "$(grep -n KNN_ARTIFACT es_rerank/cluster/distributions.py)")
   needs "$tag" "$hash" || return 0
   step "$tag: the integ-test-zip and the k-NN plugin from Maven Central"
   ctx=$(mktemp -d)
   unpack "$ctx" "$("$PY" -c 'import sys; from pathlib import Path; from es_rerank.cluster import maven
-from es_rerank.cluster.engines import OPENSEARCH as O; print(maven.fetch(O.coordinates(sys.argv[1]), Path(sys.argv[2])))' "$v" "$ctx")"
+from es_rerank.cluster.distributions import OPENSEARCH as O; print(maven.fetch(O.coordinates(sys.argv[1]), Path(sys.argv[2])))' "$v" "$ctx")"
   # the k-NN plugin zip, as the local node installs it (its version must match the server exactly)
-  "$PY" -c 'import shutil, sys; from pathlib import Path; from es_rerank.cluster.engines import OPENSEARCH as O
+  "$PY" -c 'import shutil, sys; from pathlib import Path; from es_rerank.cluster.distributions import OPENSEARCH as O
 knn, = O.plugins(sys.argv[1]); shutil.copy(knn.make_bundle(Path(sys.argv[2], "dist"), Path("/"), Path(sys.argv[2])), Path(sys.argv[2], "plugin.zip"))' "$v" "$ctx"
   server_image "$tag" opensearch /usr/share/opensearch "$ctx" opensearch-plugin "" "$hash"
   rm -rf "$ctx"

@@ -1,9 +1,10 @@
-"""What differs between the engines a local node can run: Elasticsearch and OpenSearch.
+"""The server distributions a local node can run: Elasticsearch's and OpenSearch's.
 
-Each engine is one object holding its facts (Maven artifact, scripts, environment
+Each distribution is one object holding its facts (Maven artifact, scripts, environment
 variables, main class, settings) and the few steps that differ (plugins to install,
 JVM options to adjust); :class:`~es_rerank.cluster.local.LocalCluster` runs either
-through this one interface.
+through this one interface. (The query side of each engine is :mod:`es_rerank.engines`;
+both are keyed by the names in :data:`es_rerank.config.ENGINE_NAMES`.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from . import analysis_plugin, maven
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """A plugin the engine's distribution needs, and how to get its zip.
+    """A plugin a distribution needs, and how to get its zip.
 
     Attributes:
         name: The plugin's folder under ``plugins/`` (its descriptor name).
@@ -34,7 +35,7 @@ class PluginSpec:
 
 
 @dataclass(frozen=True)
-class Engine:
+class Distribution:
     """Facts about one engine's Maven Central distribution. Subclasses add the steps that differ."""
 
     name: str
@@ -72,7 +73,7 @@ class Engine:
         return {}
 
 
-class ElasticsearchEngine(Engine):
+class ElasticsearchDistribution(Distribution):
     def plugins(self, version: str) -> tuple[PluginSpec, ...]:
         def bundle(dist: Path, java_home: Path, workdir: Path) -> Path:
             return analysis_plugin.build(dist, java_home=java_home, es_version=version, workdir=workdir)
@@ -84,7 +85,7 @@ class ElasticsearchEngine(Engine):
         return {"CLI_JAVA_OPTS": "-Xmx512m"}
 
 
-class OpenSearchEngine(Engine):
+class OpenSearchDistribution(Distribution):
     KNN_ARTIFACT = "org.opensearch.plugin:opensearch-knn:{version}.0:zip"
 
     def plugins(self, version: str) -> tuple[PluginSpec, ...]:
@@ -106,7 +107,7 @@ class OpenSearchEngine(Engine):
         return re.sub(r"(?m)^(-Xm[sx]\S*)$", r"# \1 (es-rerank: the heap is set in OPENSEARCH_JAVA_OPTS)", text)
 
 
-ELASTICSEARCH = ElasticsearchEngine(
+ELASTICSEARCH = ElasticsearchDistribution(
     name="elasticsearch",
     display="Elasticsearch",
     default_version=ES_VERSION,
@@ -125,7 +126,7 @@ ELASTICSEARCH = ElasticsearchEngine(
     settings=MappingProxyType({"xpack.security.enabled": False}),
 )
 
-OPENSEARCH = OpenSearchEngine(
+OPENSEARCH = OpenSearchDistribution(
     name="opensearch",
     display="OpenSearch",
     default_version=OPENSEARCH_VERSION,
@@ -144,4 +145,5 @@ OPENSEARCH = OpenSearchEngine(
     bootstrap_setting="cluster.initial_cluster_manager_nodes",
 )
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (ELASTICSEARCH, OPENSEARCH)}
+DISTRIBUTIONS: dict[str, Distribution] = {d.name: d for d in (ELASTICSEARCH, OPENSEARCH)}
+"""The local server distribution of each name in :data:`es_rerank.config.ENGINE_NAMES`."""
