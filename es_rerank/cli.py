@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from .config import RERANKER_KINDS, SEARCH_MODES, Settings, explain, setting_help
+from .config import ENGINE_NAMES, RERANKER_KINDS, SEARCH_MODES, Settings, explain, setting_help
 from .errors import ConfigError, EsRerankError
 from .redact import redact, safe_text
 
@@ -254,7 +254,7 @@ def _display(engine: str) -> str:
 _cluster_options = [
     click.option("--port", type=int, default=None, envvar="ES_RERANK_CLUSTER_PORT",
                  help="HTTP port [env ES_RERANK_CLUSTER_PORT; default 9200, OpenSearch 9202]."),
-    click.option("--engine", "cluster_engine", type=click.Choice(["elasticsearch", "opensearch"]), default=None,
+    click.option("--engine", "cluster_engine", type=click.Choice(ENGINE_NAMES), default=None,
                  envvar="ES_RERANK_CLUSTER_ENGINE",
                  help="Which engine to run [env ES_RERANK_CLUSTER_ENGINE; default elasticsearch]."),
     click.option("--nodes", type=int, default=None, envvar="ES_RERANK_CLUSTER_NODES",
