@@ -753,8 +753,9 @@ def _pipeline_text(p) -> list[str]:
         lines.append(f"  chosen on {q.get('queries')} questions of {q.get('data')} ({q.get('split')}), "
                      f"{q.get('fingerprint', '')[:19]}..., tuned for {ev.get('tuned_for')}"
                      + (f" with {ev['folds']}-fold cross-validation" if ev.get("folds") else ""))
-        for c in [ev.get("tuned"), *(ev.get("metrics") or {}).values()]:
-            if not c:
+        tuned = ev.get("tuned")
+        for c in [tuned, *(ev.get("metrics") or {}).values()]:
+            if not c or (c is not tuned and c == tuned):  # the tuned metric's comparison, shown once
                 continue
             ci = "no interval" if c.get("ci_low") is None else f"CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}"
             lines.append(f"  {c['metric']:<10} {c['setup_mean']:.4f} vs hybrid {c['baseline_mean']:.4f} "

@@ -263,3 +263,23 @@ def test_shards_replicas_and_hnsw_are_set_and_recorded(run, node, cli_env):
     assert (mark["shards"], mark["replicas"], mark["hnsw_m"], mark["hnsw_ef_construction"]) == (2, 0, 16, 100)
     r = run("index", str(SAMPLE), "--no-progress", "--shards", "0")
     assert r.exit_code != 0 and "shards must be >= 1, got 0" in r.output, r.output
+
+
+def test_pipeline_text_shows_the_tuned_comparison_once():
+    """`pipeline show`: the tuned metric's comparison is printed once, the other metrics after it."""
+    from es_rerank import pipelines
+    from es_rerank.cli import _pipeline_text
+
+    ndcg = {"metric": "ndcg@10", "setup_mean": 0.7657, "baseline_mean": 0.7117, "mean_delta": 0.054,
+            "ci_low": 0.039, "ci_high": 0.069, "wins": 185, "ties": 551, "losses": 73}
+    recall = {**ndcg, "metric": "recall@10", "setup_mean": 0.8623, "baseline_mean": 0.8356}
+    evidence = {"questions": {"queries": 809, "data": "scifact", "split": "train", "fingerprint": "sha256:f5"},
+                "tuned_for": "ndcg@10", "tuned": ndcg, "metrics": {"ndcg@10": dict(ndcg), "recall@10": recall}}
+    lines = _pipeline_text(pipelines.make(reranker="cross-encoder", model="m", depth=30, blend="linear",
+                                          blend_weight=0.7, evidence=evidence, how="tune"))
+    assert sum(line.strip().startswith("ndcg@10") for line in lines) == 1, lines
+    assert sum(line.strip().startswith("recall@10") for line in lines) == 1, lines
+    held_out = {**ndcg, "setup_mean": 0.74}  # cross-validated: the tuned comparison differs, both shown
+    lines = _pipeline_text(pipelines.make(reranker="cross-encoder", model="m", depth=30, evidence={
+        **evidence, "tuned": held_out}, how="tune"))
+    assert sum(line.strip().startswith("ndcg@10") for line in lines) == 2, lines
