@@ -36,15 +36,19 @@ wait_healthy() {
   return 1
 }
 
-compose_up() {
+compose_nofile() {
   # The compose file asks for 65536 open files; a daemon without CAP_SYS_RESOURCE cannot grant
   # more than its own hard limit. Where this shell's hard limit is lower, ask for that instead.
+  # (Run in this shell, before compose_up goes to the background, so the line shows.)
   local hard
   hard=$(ulimit -Hn)
   if [ -z "${ES_RERANK_COMPOSE_NOFILE:-}" ] && [ "$hard" != unlimited ] && [ "$hard" -lt 65536 ]; then
     echo "open files limited to $hard here: ES_RERANK_COMPOSE_NOFILE=$hard"
     export ES_RERANK_COMPOSE_NOFILE=$hard
   fi
+}
+
+compose_up() {
   if docker compose version >/dev/null 2>&1; then
     docker compose ${profile[@]+"${profile[@]}"} up -d --wait "$engine"
   else
@@ -66,6 +70,7 @@ if [ -z "${ES_URL:-}" ]; then
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
      && { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; }; then
     cluster_how="docker compose ($engine)"
+    compose_nofile
     ( compose_up ) >"$logs/cluster.log" 2>&1 &
   else
     cluster_how="the local $engine node from Maven Central (no Docker engine with compose here)"
