@@ -252,6 +252,22 @@ def test_extra_settings_refused(settings, message):
         LocalCluster(extra_settings=settings)
 
 
+@pytest.mark.parametrize("opts, expected", [
+    ("", None),
+    ("-Xmx1g", None),
+    ("-Dmaven.repo.local=/srv/m2", "/srv/m2"),
+    ("-Xmx1g '-Dmaven.repo.local=/srv/my m2' -Dother=1", "/srv/my m2"),
+    ("-Dmaven.repo.local=/a -Dmaven.repo.local=/b", "/b"),  # the JVM keeps the last
+    ("-Dmaven.repo.local=", None),
+    ("'unbalanced", None),
+])
+def test_local_repository_follows_maven_opts(opts, expected):
+    from es_rerank.cluster import maven
+
+    got = maven.local_repository({"MAVEN_OPTS": opts})
+    assert got == (Path(expected) if expected else Path.home() / ".m2" / "repository")
+
+
 def test_read_pid():
     assert procs.read_pid("1234\n") == 1234
     for bad in (None, "", "abc", "-5", "1", "0", "12 34", "99999999999"):

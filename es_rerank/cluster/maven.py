@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,15 +14,27 @@ from ..errors import ClusterError
 logger = logging.getLogger(__name__)
 
 
-def local_repository() -> Path:
-    """The default local Maven repository (``~/.m2/repository``)."""
+def local_repository(env: dict[str, str] | None = None) -> Path:
+    """The local Maven repository mvn uses: ``-Dmaven.repo.local=`` in ``MAVEN_OPTS``, else ``~/.m2/repository``.
+
+    Args:
+        env: The environment to read. Defaults to ``os.environ``.
+    """
+    env = os.environ if env is None else env
+    try:
+        opts = shlex.split(env.get("MAVEN_OPTS", ""))
+    except ValueError:  # unbalanced quotes: mvn would fail on them too; fall back to the default
+        opts = []
+    for opt in reversed(opts):
+        if opt.startswith("-Dmaven.repo.local=") and opt.partition("=")[2]:
+            return Path(opt.partition("=")[2]).expanduser()
     return Path.home() / ".m2" / "repository"
 
 
 def fetch(coordinates: str, workdir: Path) -> Path:
     """Return a local file for ``group:artifact:version:packaging``.
 
-    A copy already in the default local Maven repository is used in place; otherwise
+    A copy already in the local Maven repository is used in place; otherwise
     ``mvn`` downloads it (into its repository) and copies it into ``workdir``.
 
     Args:
