@@ -311,13 +311,20 @@ def test_tune_outputs(tmp_path, folds):
     assert "cross-encoder depth=10 blend=none" in table.splitlines()[3]
     paths = write_tune(report, tmp_path)
     top = sorted(report.result.cells, key=lambda c: -c.mean)[:10]
+    held_out = ["held-out.run"] if folds else []
     assert [p.name for p in paths] == ["results.json", "results.md", "report.html", "hybrid.run",
-                                       *(c.setting.label().replace(" ", "_") + ".run" for c in top), "qrels.trec"]
-    # every row of the table re-scores from its run file to the mean it shows
+                                       *(c.setting.label().replace(" ", "_") + ".run" for c in top), *held_out,
+                                       "qrels.trec"]
+    # every row of the table re-scores from its run file to the mean it shows, and with folds the
+    # held-out run to the held-out mean (each query ranked by the setting its fold chose without it)
     from ranx import Qrels, Run, evaluate
 
     qrels = Qrels.from_file(str(tmp_path / "qrels.trec"), kind="trec")
-    for mean, path in zip([report.result.baseline.mean, *(c.mean for c in top)], paths[3:-1]):
+    means = [report.result.baseline.mean, *(c.mean for c in top)]
+    if folds:
+        means.append(report.kfold.held_out_mean)
+        assert len({f.chosen for f in report.kfold.folds}) >= 1
+    for mean, path in zip(means, paths[3:-1], strict=True):
         assert evaluate(qrels, Run.from_file(str(path), kind="trec"), "ndcg@10", make_comparable=True) == \
             pytest.approx(mean, abs=1e-12), path.name
     md = (tmp_path / "results.md").read_text()

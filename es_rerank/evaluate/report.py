@@ -545,9 +545,14 @@ def _tune_models(report: TuneReport) -> dict[str, str]:
     return {name: _model_label(str(m)) for name, m in dict(models).items() if m}
 
 
+HELD_OUT_RUN = "held-out"
+
+
 def tune_runs(report: TuneReport) -> dict[str, dict[str, dict[str, float]]]:
     """The run of every row of the tune table (hybrid, then the best settings), rebuilt from the
-    deep pass's scores exactly as the grid ranked them; empty without per-query details."""
+    deep pass's scores exactly as the grid ranked them; with folds also ``held-out``, each query
+    ranked by its own fold's choice (its mean is the held-out figure). Empty without per-query
+    details."""
     details = report.details
     if details is None:
         return {}
@@ -557,6 +562,16 @@ def tune_runs(report: TuneReport) -> dict[str, dict[str, dict[str, float]]]:
         s = cell.setting
         runs[s.label()] = {q: doc_scores(apply_setting(details.candidates[q], details.scores[s.reranker][q], s,
                                                        rank_constant=details.rank_constant)) for q in g.qids}
+    if report.kfold is not None:
+        # the cross-validated estimate as one run: each query ranked by the setting its fold chose without it
+        held_out = {}
+        for fold in report.kfold.folds:
+            s = fold.chosen
+            for q in fold.held_out:
+                scores = None if s.is_baseline else details.scores[s.reranker][q]
+                held_out[q] = doc_scores(apply_setting(details.candidates[q], scores, s,
+                                                       rank_constant=details.rank_constant))
+        runs[HELD_OUT_RUN] = {q: held_out[q] for q in g.qids}
     return runs
 
 
