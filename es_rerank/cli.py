@@ -327,10 +327,11 @@ class _LineProgress:
 
     def __init__(self, desc: str, unit: str, total: int | None = None, every_s: float = 30.0):
         self.desc, self.unit, self.total, self.n = desc, unit, total, 0
+        self.units = unit[:-1] + "ies" if unit.endswith("y") and unit[-2:-1] not in "aeiou" else unit + "s"
         self.every_s = every_s
         self._started = self._last = time.perf_counter()
         self._tenth = 0
-        self._shown = -1
+        self._shown = 0  # nothing done, nothing to say (an index reused as it was)
 
     def refresh(self) -> None:
         pass
@@ -353,8 +354,8 @@ class _LineProgress:
 
     def _line(self, now: float) -> None:
         elapsed = now - self._started
-        of = f"/{self.total} {self.unit}s ({100 * self.n / self.total:.0f}%)" if self.total else f" {self.unit}s"
-        rate = f", {self.n / elapsed:.1f} {self.unit}s/s" if elapsed > 0 else ""
+        of = f"/{self.total} {self.units} ({100 * self.n / self.total:.0f}%)" if self.total else f" {self.units}"
+        rate = f", {self.n / elapsed:.1f} {self.units}/s" if elapsed > 0 else ""
         _echo(f"{self.desc}: {self.n}{of}, {elapsed:.1f}s{rate}", err=True)
         self._last, self._shown = now, self.n
 

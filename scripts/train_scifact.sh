@@ -28,7 +28,7 @@ cap=(); [ "$MAX_TRAIN" = all ] || cap=(--max-train-queries "$MAX_TRAIN")
 } > "$out/run.txt"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 /usr/bin/time -v "$PY" -m es_rerank train --data "$DATA" --split train --base "$base" --out "$model" --overwrite \
-  "${cap[@]}" --dev-fraction 0.05 --depth 30 --epochs 1 --no-progress 2> >(tee "$out/train.log" >&2) | tee -a "$out/run.txt"
+  "${cap[@]}" --dev-fraction 0.05 --depth 30 --epochs 1 2> >(tee "$out/train.log" >&2) | tee -a "$out/run.txt"
 cp "$model/es-rerank-training.json" "$out/"
 rerankers=("$model")
 # an encoder with a new head scores nothing before training: only the shared cross-encoder has a "before"

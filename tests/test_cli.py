@@ -283,3 +283,24 @@ def test_pipeline_text_shows_the_tuned_comparison_once():
     lines = _pipeline_text(pipelines.make(reranker="cross-encoder", model="m", depth=30, evidence={
         **evidence, "tuned": held_out}, how="tune"))
     assert sum(line.strip().startswith("ndcg@10") for line in lines) == 2, lines
+
+
+def test_plain_progress_lines_name_their_unit_in_the_plural_and_stay_quiet_when_nothing_ran(capsys):
+    """Lines for a log (not a terminal): 'queries', not 'querys'; a reused index (0 done) prints nothing."""
+    from es_rerank.cli import _LineProgress
+
+    idle = _LineProgress("indexing corpus", "doc")
+    idle.close()
+    assert capsys.readouterr().err == ""
+
+    bar = _LineProgress("retrieving candidates", "query", total=4)
+    bar.update(4)
+    bar.close()
+    err = capsys.readouterr().err
+    assert err.startswith("retrieving candidates: 4/4 queries (100%), ") and "queries/s" in err, err
+    assert err.count("\n") == 1, err  # the last line is not printed twice
+
+    docs = _LineProgress("indexing", "doc", total=1)
+    docs.update(1)
+    assert "1/1 docs (100%)" in capsys.readouterr().err
+    assert _LineProgress("x", "key").units == "keys"

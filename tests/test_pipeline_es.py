@@ -35,6 +35,21 @@ def test_build_is_swapped_in_with_refresh_on_and_marked(node, engine, make_index
     assert node.health(index_name) == "green"  # no replica waits on a single node
 
 
+def test_state_changes_bound_the_master_wait_with_the_engine_own_parameter(node, engine, index_name):
+    """Create and delete carry the wait bound each engine names (OpenSearch 3 deprecates master_timeout
+    and warns, once per node, with a header the client turns into a Python warning); the node accepts it
+    (an unknown parameter would be a 400)."""
+    expected = {"elasticsearch": "master_timeout", "opensearch": "cluster_manager_timeout"}[engine.name]
+    assert list(engine._master_timeout()) == [expected]
+    concrete = f"{index_name}-bound"
+    engine.create_index(concrete, {"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
+    try:
+        assert node.count(concrete) == 0
+    finally:
+        engine.delete_index(concrete)
+    assert not node.exists(concrete)
+
+
 def test_legacy_bulk_load_is_finished(node, engine, make_index, index_name, tmp_path):
     """An index es-rerank 0.1 left in bulk-load mode (refresh off) gets refresh back on."""
     engine.create_index(index_name, {**engine.index_body(384), "mappings": {

@@ -732,22 +732,23 @@ class Engine(ABC):
                or DEFAULT_MAX_RESULT_WINDOW)
         return int(raw)
 
-    def _master_timeout(self) -> str:
+    #: The parameter bounding a state change's wait on the master (OpenSearch renamed it).
+    master_timeout_param = "master_timeout"
+
+    def _master_timeout(self) -> dict[str, str]:
         # a state change still queued on the master when this client gives up would apply later,
         # unseen: bound its wait by the client's own timeout
-        return f"{max(1, int(self.settings.request_timeout))}s"
+        return {self.master_timeout_param: f"{max(1, int(self.settings.request_timeout))}s"}
 
     def create_index(self, name: str, body: Mapping[str, Any]) -> None:
         """Create ONE index, sent once (the caller reads the state back after a timeout)."""
         validate_index_name(name)
-        self.request("PUT", f"/{name}", body=dict(body), params={"master_timeout": self._master_timeout()},
-                     retry=False)
+        self.request("PUT", f"/{name}", body=dict(body), params=self._master_timeout(), retry=False)
 
     def delete_index(self, name: str) -> None:
         """Delete ONE concrete index, sent once (the caller checked it is es-rerank's and unserved)."""
         validate_index_name(name)
-        self.request("DELETE", f"/{name}", params={"expand_wildcards": "none",
-                                                   "master_timeout": self._master_timeout()},
+        self.request("DELETE", f"/{name}", params={"expand_wildcards": "none", **self._master_timeout()},
                      index=name, retry=False)
 
     def update_aliases(self, actions: Sequence[Mapping[str, Any]]) -> None:
@@ -758,7 +759,7 @@ class Engine(ABC):
                 if key in spec:
                     validate_index_name(spec[key])
         self.request("POST", "/_aliases", body={"actions": [dict(a) for a in actions]},
-                     params={"master_timeout": self._master_timeout()}, retry=False)
+                     params=self._master_timeout(), retry=False)
 
     def wait_for_pending(self, *, timeout: float) -> bool:
         """Wait until the master has no queued cluster-state change left; False if it still has after ``timeout``.

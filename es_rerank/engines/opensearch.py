@@ -30,6 +30,7 @@ class OpenSearchEngine(Engine):
     mapping_file = "opensearch.json"
     vector_type = "knn_vector"
     dims_key = "dimension"
+    master_timeout_param = "cluster_manager_timeout"  # master_timeout is deprecated (warned once per node)
     _client_once: Any = None
 
     def _make_client(self, *, retries: bool = True) -> Any:
