@@ -557,21 +557,18 @@ def tune_runs(report: TuneReport) -> dict[str, dict[str, dict[str, float]]]:
     if details is None:
         return {}
     g = details.grid
-    runs = {"hybrid": {q: doc_scores(details.candidates[q]) for q in g.qids}}
+
+    def ranked(s, q: str) -> dict[str, float]:
+        scores = None if s.is_baseline else details.scores[s.reranker][q]
+        return doc_scores(apply_setting(details.candidates[q], scores, s, rank_constant=details.rank_constant))
+
+    runs = {"hybrid": {q: ranked(g.baseline, q) for q in g.qids}}
     for cell in _top_cells(report):
-        s = cell.setting
-        runs[s.label()] = {q: doc_scores(apply_setting(details.candidates[q], details.scores[s.reranker][q], s,
-                                                       rank_constant=details.rank_constant)) for q in g.qids}
+        runs[cell.setting.label()] = {q: ranked(cell.setting, q) for q in g.qids}
     if report.kfold is not None:
         # the cross-validated estimate as one run: each query ranked by the setting its fold chose without it
-        held_out = {}
-        for fold in report.kfold.folds:
-            s = fold.chosen
-            for q in fold.held_out:
-                scores = None if s.is_baseline else details.scores[s.reranker][q]
-                held_out[q] = doc_scores(apply_setting(details.candidates[q], scores, s,
-                                                       rank_constant=details.rank_constant))
-        runs[HELD_OUT_RUN] = {q: held_out[q] for q in g.qids}
+        chosen = {q: fold.chosen for fold in report.kfold.folds for q in fold.held_out}
+        runs[HELD_OUT_RUN] = {q: ranked(chosen[q], q) for q in g.qids}
     return runs
 
 
