@@ -2,6 +2,8 @@
 # Fine-tune a reranker on SciFact's train split and evaluate it on test; writes results/train/<variant>/.
 #   scripts/train_scifact.sh ce       # (b) from the shared cross-encoder ../shared/models/minilm-l6-scifact-ce
 #   scripts/train_scifact.sh encoder  # (a) from the packaged all-MiniLM-L6-v2 encoder (a new head)
+#   scripts/train_scifact.sh synthetic  # no judgments: SYNTHETIC pseudo-queries (titles) from the corpus,
+#                                       # from the packaged encoder like (a); the train qrels are never read
 # The test split is held out by `train` (its queries and judged documents are never used).
 # Capped by default for a 2-core CPU: MAX_TRAIN training queries (seeded subset), 1 epoch, and a quick
 # test evaluation on the first EVAL_QUERIES queries at depth EVAL_DEPTH, then the whole test split.
@@ -16,20 +18,24 @@ EVAL_QUERIES=${EVAL_QUERIES:-100}
 EVAL_DEPTH=${EVAL_DEPTH:-20}
 case "$variant" in
   ce) base=../shared/models/minilm-l6-scifact-ce ;;
-  encoder) base=sentence-transformers/all-MiniLM-L6-v2 ;;
-  *) echo "variant must be ce or encoder, got $variant" >&2; exit 2 ;;
+  encoder|synthetic) base=sentence-transformers/all-MiniLM-L6-v2 ;;
+  *) echo "variant must be ce, encoder or synthetic, got $variant" >&2; exit 2 ;;
 esac
 out=results/train/$variant
 model=${MODEL_DIR:-/tmp/es-rerank-train-$variant}
 mkdir -p "$out"
 cap=(); [ "$MAX_TRAIN" = all ] || cap=(--max-train-queries "$MAX_TRAIN")
+# judged: the train split's qrels; synthetic: pseudo-queries for SYNTHETIC documents (the test split's
+# judged documents are never sampled, as negatives or as dev candidates either)
+source=(--split train "${cap[@]}")
+[ "$variant" = synthetic ] && source=(--synthetic "${SYNTHETIC:-700}")
 {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-  echo "command: $0 $variant (MAX_TRAIN=$MAX_TRAIN EVAL_QUERIES=$EVAL_QUERIES EVAL_DEPTH=$EVAL_DEPTH)"
+  echo "command: $0 $variant (MAX_TRAIN=$MAX_TRAIN SYNTHETIC=${SYNTHETIC:-700} EVAL_QUERIES=$EVAL_QUERIES EVAL_DEPTH=$EVAL_DEPTH)"
 } > "$out/run.txt"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-/usr/bin/time -v "$PY" -m es_rerank train --data "$DATA" --split train --base "$base" --out "$model" --overwrite \
-  "${cap[@]}" --dev-fraction 0.05 --depth 30 --epochs 1 2> >(tee "$out/train.log" >&2) | tee -a "$out/run.txt"
+/usr/bin/time -v "$PY" -m es_rerank train --data "$DATA" --base "$base" --out "$model" --overwrite \
+  "${source[@]}" --dev-fraction 0.05 --depth 30 --epochs 1 2> >(tee "$out/train.log" >&2) | tee -a "$out/run.txt"
 cp "$model/es-rerank-training.json" "$out/"
 rerankers=("$model")
 # an encoder with a new head scores nothing before training: only the shared cross-encoder has a "before"
