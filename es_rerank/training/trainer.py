@@ -274,7 +274,11 @@ def write_card(folder: Path, card: Mapping[str, Any]) -> None:
 
 
 class _ProgressCallback:
-    """Adapts the trainer's callback events to :class:`Progress` reports."""
+    """Adapts the trainer's callback events to :class:`Progress` reports, one per step at most.
+
+    A step's loss (``on_log``) and dev score (``on_evaluate``) arrive after its ``on_step_end``,
+    so a step worth reporting is shown when the next one begins (or training ends), with all of it.
+    """
 
     def __new__(cls, on_progress: Callable[[Progress], None], metric_key: str):
         from transformers import TrainerCallback
@@ -285,27 +289,37 @@ class _ProgressCallback:
                 self.loss: float | None = None
                 self.dev: float | None = None
                 self.best: float | None = None
+                self.pending = False
 
-            def _emit(self, state):
+            def _flush(self, state):
+                if not self.pending:
+                    return
+                self.pending = False
                 done = state.global_step
                 eta = ((time.perf_counter() - self.started) / done * (state.max_steps - done)) if done else None
                 on_progress(Progress(done, state.max_steps, self.loss, self.dev, self.best, eta))
 
+            def on_step_begin(self, args, state, control, **kwargs):
+                self._flush(state)
+
             def on_step_end(self, args, state, control, **kwargs):
                 every = max(1, state.max_steps // 50)
                 if state.global_step == 1 or state.global_step % every == 0:
-                    self._emit(state)
+                    self.pending = True
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     self.loss = float(logs["loss"])
-                    self._emit(state)
+                    self.pending = True
 
             def on_evaluate(self, args, state, control, metrics=None, **kwargs):
                 if metrics and metric_key in metrics:
                     self.dev = float(metrics[metric_key])
                     self.best = self.dev if self.best is None else max(self.best, self.dev)
-                    self._emit(state)
+                    self.pending = True
+
+            def on_train_end(self, args, state, control, **kwargs):
+                self._flush(state)
 
         return _Callback()
 
