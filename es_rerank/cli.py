@@ -1430,6 +1430,9 @@ def _with_training_options(fn):
                    "never positives, negatives or dev candidates ('none' to turn off).")
 @click.option("--synthetic", type=click.IntRange(min=2), default=None,
               help="No judgments: pseudo-queries from N documents of the index (titles / leading sentences).")
+@click.option("--query-generator", type=click.Choice(["title", "llm"]), default="title", show_default=True,
+              help="With --synthetic: each document's title (or leading sentence), or a question the configured "
+                   "LLM (ES_RERANK_LLM_*) writes for it.")
 @click.option("--base", default=None, help="Model to start from: a cross-encoder, or an encoder (a new head is "
                                             "added). Default: the packaged all-MiniLM-L6-v2.")
 @_with_training_options
@@ -1456,7 +1459,7 @@ def _with_training_options(fn):
 @click.option("--force", is_flag=True, help="With --apply: apply the trained model even when it does not win.")
 @click.pass_context
 @_fail_cleanly
-def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, out_dir, overwrite, mine_depth, epochs,
+def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, query_generator, base, out_dir, overwrite, mine_depth, epochs,
               batch_size, learning_rate, max_length, seed, use_index, reindex, progress, loss, skip_top,
               negatives, eval_steps, patience, max_steps, min_queries, dev_fraction, max_train_queries, apply_it,
               force):
@@ -1477,6 +1480,12 @@ def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, o
     check_output(Path(out_dir), overwrite=overwrite)
     if data_dir is None and synthetic is None:
         raise click.UsageError("give --data DIR (judged queries) or --synthetic N (pseudo-queries), or both")
+    given = [f"--{n.replace('_', '-')}" for n in ("split", "dev_split", "max_train_queries")
+             if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+    if synthetic is not None and given:
+        raise click.UsageError(f"{', '.join(given)} choose judged queries, and --synthetic trains on pseudo-queries "
+                               "only (with --data, the collection gives just the index): drop one or the other")
+    questions = _questions(ctx, query_generator, synthetic)
     if apply_it:
         _pipeline_target(ctx)  # the index to apply to exists and is ours: check before the long run
     config = TrainConfig(**{k: v for k, v in dict(
@@ -1510,7 +1519,9 @@ def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, base, o
             else:
                 prepared, report = prep.synthetic(searcher, synthetic, depth=config.depth, skip_top=config.skip_top,
                                                   negatives=config.negatives, dev_fraction=dev_fraction, seed=seed,
-                                                  holdout=holdout)
+                                                  holdout=holdout, questions=questions)
+                if questions is not None:
+                    _echo(_questions_line(questions), err=True)
                 _echo(f"synthetic: {report.kept} of {report.sampled} pseudo-queries kept; dropped "
                       f"{report.dropped_not_retrieved} whose document was not among its {config.depth} candidates, "
                       f"{report.dropped_empty} too short, {report.dropped_no_negatives} without negatives", err=True)
@@ -1573,6 +1584,24 @@ def _train_apply(ctx, data_dir, use_index, dev, model, *, force: bool, seed: int
         _apply_pipeline(engine, base.index, verdict.pipeline, force=force)
 
 
+def _questions(ctx, generator: str, synthetic: int | None):
+    """The LLM question writer for ``--query-generator llm`` (None for titles)."""
+    if generator == "title":
+        return None
+    if synthetic is None:
+        raise click.UsageError("--query-generator llm writes the pseudo-queries of --synthetic N: give --synthetic")
+    from .rerankers import llm_config
+    from .training.questions import LLMQuestions
+
+    return LLMQuestions(llm_config(_settings(ctx)))
+
+
+def _questions_line(questions) -> str:
+    return (f"questions: {questions.requests} written by the LLM {questions.config.model!r} "
+            f"({questions.prompt_tokens} prompt + {questions.completion_tokens} completion tokens); "
+            f"{questions.unusable} replies held no question")
+
+
 @cli.command("distill")
 @shared_options
 @click.option("--teacher", required=True, help="Cross-encoder to imitate (folder or hub name).")
@@ -1581,15 +1610,21 @@ def _train_apply(ctx, data_dir, use_index, dev, model, *, force: bool, seed: int
               help="Queries, one per line (or JSONL with 'text').")
 @click.option("--synthetic", type=click.IntRange(min=5), default=None,
               help="Pseudo-queries from N documents of the index instead of --queries.")
+@click.option("--query-generator", type=click.Choice(["title", "llm"]), default="title", show_default=True,
+              help="With --synthetic: titles (or leading sentences), or questions written by the configured LLM.")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Mine from this BEIR collection's evaluation index (its test judgments are never used).")
 @click.option("--backend", "speed_backend", default="onnx", show_default=True,
               help="Backend the speed-up at depth 50 is measured on.")
+@click.option("--loss", type=click.Choice(["mse", "listnet"]), default="mse", show_default=True,
+              help="mse: reproduce each teacher logit; listnet: match each query's softmax over its candidates "
+                   "(the order within a query).")
 @_with_training_options
 @click.pass_context
 @_fail_cleanly
-def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_backend, out_dir, overwrite, mine_depth,
-                epochs, batch_size, learning_rate, max_length, seed, use_index, reindex, progress):
+def distill_cmd(ctx, teacher, layers, queries_file, synthetic, query_generator, data_dir, speed_backend, loss,
+                out_dir, overwrite, mine_depth, epochs, batch_size, learning_rate, max_length, seed, use_index, reindex,
+                progress):
     """Distill --teacher into its first --layers layers, trained on its scores over your candidates.
 
     Reports fidelity on held-out queries (Spearman, top-5 overlap) and the speed-up against
@@ -1606,8 +1641,9 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_b
     check_output(Path(out_dir), overwrite=overwrite)
     if (queries_file is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --queries FILE or --synthetic N")
+    questions = _questions(ctx, query_generator, synthetic)
     config = DistillConfig(**{k: v for k, v in dict(
-        teacher=teacher, layers=layers, depth=mine_depth, epochs=epochs, batch_size=batch_size,
+        teacher=teacher, layers=layers, depth=mine_depth, loss=loss, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, max_length=max_length, seed=seed, speed_backend=speed_backend,
         device=device).items() if v is not None})
     import datasets  # noqa: F401
@@ -1622,7 +1658,13 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, data_dir, speed_b
         if synthetic is not None:
             exclude = frozenset(d for q in holdout.qrels for d in holdout.qrels[q]) if holdout else frozenset()
             docs = sample_documents(searcher.engine, searcher.settings.index, synthetic, seed=seed, exclude=exclude)
-            queries = [q for q in (pseudo_query(h.title, h.text) for h in docs) if len(q.split()) >= 2]
+            if questions is None:
+                made = [pseudo_query(h.title, h.text) for h in docs]
+            else:
+                written = questions.write(docs)
+                made = [written[h.doc_id] for h in docs]
+                _echo(_questions_line(questions), err=True)
+            queries = [q for q in made if len(q.split()) >= 2]
         bar, update = _query_bar("retrieving candidates", progress)
         try:
             result = distill(searcher, queries, config, out_dir, overwrite=overwrite,

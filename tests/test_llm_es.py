@@ -167,6 +167,44 @@ def test_searcher_with_llm_rerankers(kind, llm_settings, es, embedder, sample_in
 
 
 @pytest.mark.es
+def test_synthetic_pseudo_queries_written_by_the_llm(llm_settings, es, embedder, sample_index):
+    """--query-generator llm: one request per sampled document, and the groups' queries are the LLM's
+    questions (not the titles); every document is kept or counted as dropped."""
+    from es_rerank.rerankers import llm_config
+    from es_rerank.training import prepare as prep
+    from es_rerank.training.data import sample_documents, title_query
+    from es_rerank.training.questions import LLMQuestions
+
+    questions = LLMQuestions(llm_config(llm_settings))
+    searcher = Searcher(llm_settings.replace(reranker="none"), es=es, embedder=embedder)
+    prepared, report = prep.synthetic(searcher, 8, depth=60, skip_top=0, negatives=1, dev_fraction=0.25, seed=3,
+                                      questions=questions)
+    assert report.sampled == 8 == questions.requests == len(questions.written)
+    assert report.kept + report.dropped_empty + report.dropped_not_retrieved + report.dropped_no_negatives == 8
+    assert questions.unusable <= report.dropped_empty and questions.completion_tokens > 0
+    kept = list(prepared.groups) + [d for d in prepared.dev]
+    assert len(kept) == report.kept >= 2
+    for g in prepared.groups:
+        assert g.query == questions.written[g.positive_id] and len(g.query.split()) >= 2
+    titles = {d.doc_id: title_query(d) for d in sample_documents(searcher.engine, sample_index, 8, seed=3)}
+    assert set(questions.written) == set(titles)  # the same seeded sample
+    assert any(g.query != titles[g.positive_id] for g in prepared.groups)
+    card = prepared.card
+    assert "gemma3-270m" in card["source"] and card["llm_requests"] == 8 and card["generator"] == "llm"
+
+
+@pytest.mark.es
+def test_synthetic_llm_questions_fail_loudly_when_the_llm_is_down(settings, es, embedder, sample_index):
+    from es_rerank.training import prepare as prep
+    from es_rerank.training.questions import LLMQuestions
+
+    dead = LLMQuestions(LLMConfig(base_url="http://127.0.0.1:9/v1", timeout=2.0, retries=0))
+    searcher = Searcher(settings.replace(reranker="none"), es=es, embedder=embedder)
+    with pytest.raises(RerankerError, match=r"LLM server at http://127.0.0.1:9/v1/chat/completions failed"):
+        prep.synthetic(searcher, 4, depth=20, skip_top=0, negatives=1, questions=dead)
+
+
+@pytest.mark.es
 def test_unreachable_llm_raises_or_falls_back(settings, es, embedder, sample_index):
     dead = settings.replace(reranker="llm", llm_base_url="http://127.0.0.1:9/v1", llm_timeout=2.0)
     with pytest.raises(RerankerError, match=r"LLM server at http://127.0.0.1:9/v1/chat/completions failed"):

@@ -149,6 +149,29 @@ def test_training_changed_the_weights(trained):
 
 # -- negatives and the split discipline -------------------------------------------------------------
 
+def test_training_progress_shows_each_reported_step_once_with_its_loss_and_dev_score():
+    """The trainer reports a step's loss and dev score after its step-end event: one line per step, complete."""
+    from transformers import TrainerState
+
+    from es_rerank.training.trainer import _ProgressCallback
+
+    shown = []
+    callback = _ProgressCallback(shown.append, "eval_ndcg")
+    state = TrainerState(max_steps=4)
+    for step in range(1, 5):  # the event order of transformers' Trainer
+        callback.on_step_begin(None, state, None)
+        state.global_step = step
+        callback.on_step_end(None, state, None)
+        if step % 2 == 0:
+            callback.on_log(None, state, None, logs={"loss": 1.0 / step})
+        if step == 4:
+            callback.on_evaluate(None, state, None, metrics={"eval_ndcg": 0.5})
+    callback.on_train_end(None, state, None)
+    assert [(p.step, p.loss, p.dev, p.best) for p in shown] == [
+        (1, None, None, None), (2, 0.5, None, None), (3, 0.5, None, None), (4, 0.25, 0.5, 0.5)]
+    assert shown[-1].eta_s == 0
+
+
 def test_hard_negatives_skip_positives_top_ranks_and_held_out_documents():
     from es_rerank.training.data import hard_negatives
 
@@ -222,6 +245,18 @@ def test_refuses_too_few_judged_queries(data, env, tmp_path, trained):
     assert not out.exists()
     with pytest.raises(TrainingRefusedError, match=r"dev split 'd' shares 1 queries with train split 't' \(q2\)"):
         check_disjoint("train split 't'", ["q1", "q2"], "dev split 'd'", ["q2", "q3"])
+
+
+def test_refuses_judged_split_options_with_synthetic(data, env, tmp_path):
+    """--synthetic reads no qrels: a --split next to it would silently be ignored, so it is refused."""
+    out = tmp_path / "m"
+    _refused(env, "--data", str(data), "--synthetic", "20", "--split", "train", "--dev-split", "dev", "--out",
+             str(out), *FAST, match=r"--split, --dev-split choose judged queries, and --synthetic trains on "
+                                    r"pseudo-queries only")
+    assert not out.exists()
+    _refused(env, "--data", str(data), "--query-generator", "llm", "--out", str(out), *FAST,
+             match=r"--query-generator llm writes the pseudo-queries of --synthetic N: give --synthetic")
+    assert not out.exists()
 
 
 def test_refuses_a_dev_split_that_overlaps_train(data, env, tmp_path):
@@ -302,14 +337,16 @@ def test_synthetic_training_counts_what_it_dropped(data, env, tmp_path, trained)
     assert f"{card['kept']} of 20 pseudo-queries kept" in r.output
 
 
-def test_distill_reports_fidelity_and_speed_and_loads(data, env, tmp_path, trained):
+@pytest.mark.parametrize("loss", ["mse", "listnet"])
+def test_distill_reports_fidelity_and_speed_and_loads(data, env, tmp_path, trained, loss):
     from es_rerank.runtime import load_cross_encoder
 
     out = tmp_path / "student"
     r = _run(env, "distill", "--teacher", str(SHARED_CE), "--layers", "2", "--synthetic", "12", "--data", str(data),
-             "--out", str(out), "--depth", "8", "--max-length", "64", "--no-progress")
+             "--out", str(out), "--depth", "8", "--max-length", "64", "--loss", loss, "--no-progress")
     assert r.exit_code == 0, r.output
     card = json.loads((out / "es-rerank-training.json").read_text())
+    assert card["config"]["loss"] == loss and card["training"]["steps"] >= 1
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     assert -1 <= card["fidelity"]["spearman_mean"] <= 1 and 0 <= card["fidelity"]["top5_overlap_mean"] <= 1
     assert card["speed"]["depth"] == 50 and card["speed"]["speedup"] > 0

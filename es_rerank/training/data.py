@@ -203,7 +203,8 @@ class SyntheticReport:
     Attributes:
         sampled: Documents drawn from the index.
         kept: Pseudo-queries kept (their document was among its own hybrid candidates).
-        dropped_empty: Documents with no title or text to make a query from.
+        dropped_empty: Documents whose pseudo-query came out shorter than two words (no title or
+            text to make one from, or an LLM reply with no question in it).
         dropped_not_retrieved: Pseudo-queries whose document was not among the ``depth`` candidates.
         dropped_no_negatives: Pseudo-queries with no hard negative left after the rules.
     """
@@ -223,8 +224,14 @@ class SyntheticReport:
 Retrieve = Callable[[str, int], Sequence[Hit]]
 
 
+def title_query(doc: Hit) -> str:
+    """The default pseudo-query of a document: :func:`pseudo_query` of its title and text."""
+    return pseudo_query(doc.title, doc.text)
+
+
 def synthetic_groups(docs: Sequence[Hit], retrieve: Retrieve, *, depth: int, skip_top: int, negatives: int,
-                     exclude: frozenset[str] | set[str] = frozenset()) -> tuple[list[Group], SyntheticReport]:
+                     exclude: frozenset[str] | set[str] = frozenset(), make_query: Callable[[Hit], str] = title_query,
+                     ) -> tuple[list[Group], SyntheticReport]:
     """Pseudo-query groups: each document is the positive of the query made from it.
 
     A pseudo-query "retrieves nothing sensible" when its own document is not among its
@@ -236,11 +243,13 @@ def synthetic_groups(docs: Sequence[Hit], retrieve: Retrieve, *, depth: int, ski
         retrieve: ``(query, depth) -> hits`` (the first stage).
         depth, skip_top, negatives: As for :func:`hard_negatives`.
         exclude: Document ids never to use as negatives.
+        make_query: A document's pseudo-query (default: :func:`title_query`); fewer than two
+            words counts as too short.
     """
     groups: list[Group] = []
     empty = not_found = no_negatives = 0
     for doc in docs:
-        query = pseudo_query(doc.title, doc.text)
+        query = make_query(doc)
         if len(query.split()) < 2:
             empty += 1
             continue

@@ -1,8 +1,10 @@
 """Distill a cross-encoder into a shallower one that ranks like it on the user's own candidates.
 
 The student is the teacher's first N transformer layers (with the teacher's head); it is
-trained with sentence-transformers' ``MSELoss`` to reproduce the teacher's raw logits on
-(query, candidate) pairs from the index. No judgments are needed. A held-out share of the
+trained on the teacher's raw logits over (query, candidate) pairs from the index, with
+sentence-transformers' ``MSELoss`` (each logit reproduced) or ``ListNetLoss`` with the
+teacher's logits as soft labels (each query's softmax over its candidates matched: the order
+within a query, which is all a reranker uses, and most of all its top). No judgments are needed. A held-out share of the
 queries measures fidelity (per-query Spearman correlation of the two models' scores, overlap
 of their top 5) and the speed-up at depth 50 on one runtime backend.
 """
@@ -25,6 +27,7 @@ from .trainer import Progress, TrainResult, _ProgressCallback, atomic_folder, ch
 logger = logging.getLogger(__name__)
 
 SPEED_DEPTH = 50
+LOSSES = ("mse", "listnet")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class DistillConfig:
         teacher: The cross-encoder to imitate (folder or hub name).
         layers: Transformer layers the student keeps (the teacher's first N).
         depth: Candidates per training query. Defaults to 30.
+        loss: ``mse`` (each logit) or ``listnet`` (each query's softmax). Defaults to ``mse``.
+            With ``listnet`` a step takes whole queries: ``batch_size`` pairs rounded to
+            queries, at least one.
         epochs, batch_size, learning_rate, max_length, seed: As for training.
         fidelity_fraction: Share of the queries held out to measure fidelity. Defaults to 0.2.
         speed_backend: Runtime backend the speed-up is measured on. Defaults to ``onnx``.
@@ -44,6 +50,7 @@ class DistillConfig:
     teacher: str
     layers: int
     depth: int = 30
+    loss: str = "mse"
     epochs: float = 1.0
     batch_size: int = 16
     learning_rate: float = 5e-5
@@ -56,6 +63,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.layers < 1:
             raise ConfigError(f"layers must be >= 1, got {self.layers}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"distill loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not 0 < self.fidelity_fraction < 1:
             raise ConfigError(f"fidelity_fraction must be in (0, 1), got {self.fidelity_fraction}")
 
@@ -165,7 +174,7 @@ def distill(searcher: Any, queries: Sequence[str], config: DistillConfig, out: s
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import MSELoss
+    from sentence_transformers.cross_encoder.losses import ListNetLoss, MSELoss
 
     from ..runtime import model_folder, resolve_model
 
@@ -190,18 +199,30 @@ def distill(searcher: Any, queries: Sequence[str], config: DistillConfig, out: s
     torch.manual_seed(config.seed)
     student = CrossEncoder(teacher_path, max_length=config.max_length, device=config.device)
     truncate(student, config.layers)
-    dataset = Dataset.from_dict({"query": [p[0] for p in pairs], "passage": [p[1] for p in pairs],
-                                 "score": [float(x) for x in labels]})
+    if config.loss == "mse":
+        dataset = Dataset.from_dict({"query": [p[0] for p in pairs], "passage": [p[1] for p in pairs],
+                                     "score": [float(x) for x in labels]})
+        loss, per_step = MSELoss(student), config.batch_size
+    else:  # one row per query: its candidates, and the teacher's logits as soft labels
+        rows, at = [], 0
+        for q in train:
+            docs = candidates[q][:config.depth]
+            if len(docs) >= 2:
+                rows.append((q, docs, [float(x) for x in labels[at:at + len(docs)]]))
+            at += len(docs)
+        dataset = Dataset.from_dict({"query": [r[0] for r in rows], "docs": [r[1] for r in rows],
+                                     "labels": [r[2] for r in rows]})
+        loss = ListNetLoss(student, mini_batch_size=32)
+        per_step = max(1, round(config.batch_size / max(1.0, len(pairs) / max(1, len(rows)))))
     with atomic_folder(out, overwrite=overwrite) as folder:
         args = CrossEncoderTrainingArguments(
             output_dir=str(folder / "checkpoints"), num_train_epochs=config.epochs,
-            per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_ratio=0.1,
+            per_device_train_batch_size=per_step, learning_rate=config.learning_rate, warmup_ratio=0.1,
             seed=config.seed, data_seed=config.seed, save_strategy="no", eval_strategy="no",
-            logging_steps=max(1, len(dataset) // config.batch_size // 10), report_to="none", disable_tqdm=True,
+            logging_steps=max(1, len(dataset) // per_step // 10), report_to="none", disable_tqdm=True,
             use_cpu=config.device == "cpu", dataloader_num_workers=0)
         callbacks = [_ProgressCallback(on_progress, "-")] if on_progress is not None else []
-        trainer = CrossEncoderTrainer(model=student, args=args, train_dataset=dataset, loss=MSELoss(student),
-                                      callbacks=callbacks)
+        trainer = CrossEncoderTrainer(model=student, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
         quiet(trainer)
         trainer.train()
         student.save_pretrained(str(folder))

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import TrainingRefusedError
 from .data import (DevQuery, Group, SyntheticReport, check_disjoint, documents_in_order, fingerprint,
-                   first_passages, hard_negatives, held_out_slice, sample_documents, synthetic_groups)
+                   first_passages, hard_negatives, held_out_slice, sample_documents, synthetic_groups,
+                   title_query)
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,11 @@ def judged(searcher: Any, train: Split, *, dev: Split | None = None, holdout: Sp
 
 
 def synthetic(searcher: Any, n: int, *, depth: int, skip_top: int, negatives: int, dev_fraction: float = 0.1,
-              seed: int = 12, holdout: Split | None = None) -> tuple[Prepared, SyntheticReport]:
+              seed: int = 12, holdout: Split | None = None, questions: Any = None) -> tuple[Prepared, SyntheticReport]:
     """Groups from pseudo-queries of ``n`` documents of the index; dev is a held-out slice of them.
+
+    The pseudo-queries are the documents' titles (or leading sentences), or with ``questions``
+    (an :class:`es_rerank.training.questions.LLMQuestions`) what the LLM wrote for each.
 
     The dev slice's pseudo-queries judge only their own document, so its nDCG@10 measures
     whether the model brings the source document back up, not relevance judged by people.
@@ -163,8 +167,12 @@ def synthetic(searcher: Any, n: int, *, depth: int, skip_top: int, negatives: in
     """
     exclude = frozenset(d for q in holdout.qrels for d in holdout.qrels[q]) if holdout else frozenset()
     docs = sample_documents(searcher.engine, searcher.settings.index, n, seed=seed, exclude=exclude)
+    make_query = title_query
+    if questions is not None:
+        written = questions.write(docs)
+        make_query = lambda doc: written[doc.doc_id]  # noqa: E731
     groups, report = synthetic_groups(docs, _retrieve(searcher), depth=depth, skip_top=skip_top,
-                                      negatives=negatives, exclude=exclude)
+                                      negatives=negatives, exclude=exclude, make_query=make_query)
     if len(groups) < 2:
         raise TrainingRefusedError(f"only {len(groups)} of {len(docs)} pseudo-queries retrieved their own document: "
                                    "nothing to train on", reason="too-few-queries", values=(str(len(groups)),))
@@ -179,7 +187,9 @@ def synthetic(searcher: Any, n: int, *, depth: int, skip_top: int, negatives: in
         dev.append(DevQuery(q, g.query, tuple(h.doc_id for h in candidates), tuple(h.passage for h in candidates),
                             {g.positive_id: 1}))
     train_groups = [by_id[q] for q in train_ids]
-    card = {"source": "synthetic (titles / leading sentences)", **report.to_dict(),
+    source = "synthetic (titles / leading sentences)" if questions is None else \
+        f"synthetic (questions written by the LLM {questions.config.model!r})"
+    card = {"source": source, **report.to_dict(), **({} if questions is None else questions.to_dict()),
             "train_queries": len(train_groups), "groups": len(train_groups),
             "dev": f"held-out slice of the pseudo-queries ({dev_fraction:g}, seed {seed})", "dev_queries": len(dev),
             "held_out_split": holdout.name if holdout else None, "held_out_documents_excluded": len(exclude),
