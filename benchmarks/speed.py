@@ -15,6 +15,10 @@ depth are scored by
   CPU has it) / statically quantized int8, calibrated on the candidates of SciFact *train*
   queries (never the test queries measured here).
 
+With ``--students DIR,...`` (distilled models, e.g. from ``es-rerank distill``), each student
+also runs on ``--student-backends``, in the same run: its speed-up is against the *teacher's*
+``plain`` (``--model``) and its fidelity against the teacher's torch fp32 scores.
+
 Each backend runs in its own process (so peak memory is its own), with one untimed warm-up
 query. Printed: pairs/s, per-query latency p50/p95, peak RSS, speed-up against ``plain``,
 and fidelity against torch fp32 (mean Spearman of scores per query, mean top-5 overlap).
@@ -99,11 +103,13 @@ def _calibration_pairs(index: str, n_queries: int = 40, depth: int = 10) -> list
     return calibration_from_index(Settings.from_env(index=index), queries, depth=depth)
 
 
-def _export_all(model: str, out: str, kind: str, calibration) -> None:
-    """ONNX fp32 + dynamic int8, then OpenVINO IR + static int8, into one folder (untimed)."""
+def _export_all(model: str, out: str, kind: str, calibration, onnx_int8: bool = True) -> None:
+    """ONNX fp32 + dynamic int8, then OpenVINO IR + static int8, into one folder (untimed); a folder
+    that has them (``es-rerank export-onnx --openvino --quantize int8`` writes all but the ONNX int8,
+    needed only with ``onnx_int8``) is used as it is."""
     from es_rerank.export import INT8_FILE, export_openvino, quantize_onnx
 
-    if (Path(out) / INT8_FILE).is_file() and (Path(out) / "model_int8.onnx").is_file():
+    if (Path(out) / INT8_FILE).is_file() and (not onnx_int8 or (Path(out) / "model_int8.onnx").is_file()):
         return
     t0 = time.perf_counter()
     export_openvino(model, out, kind=kind, quantize="int8", calibration=calibration())
@@ -126,6 +132,13 @@ def _candidates(index: str, n_queries: int, depths: list[int]):
     return work
 
 
+def _student_label(folder: str) -> str:
+    """``(3 layers)`` for a student folder, from its config."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    n = config.get('num_hidden_layers', '?')
+    return f"({n} layer{'' if n == 1 else 's'})"
+
+
 def _spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
@@ -141,12 +154,24 @@ def _top5(a, b) -> float:
 def bench_rerank(args) -> None:
     depths = [int(d) for d in args.depths.split(",")]
     onnx_dir = args.onnx_dir or tempfile.mkdtemp(prefix="ce-onnx-")
-    _export_all(args.model, onnx_dir, "cross-encoder", lambda: _calibration_pairs(args.index))
+    calibration = lambda: _calibration_pairs(args.index)  # noqa: E731
+    _export_all(args.model, onnx_dir, "cross-encoder", calibration, "onnx-int8" in args.backends.split(","))
     work = _candidates(args.index, args.queries, depths)
     backends = args.backends.split(",")
     runs = {b: _run_isolated(_rerank_worker, b, args.model, onnx_dir, work) for b in backends}
+    students = [s for s in (args.students or "").split(",") if s]
+    exported = [s for s in (args.student_onnx_dirs or "").split(",") if s]
+    if exported and len(exported) != len(students):
+        sys.exit("--student-onnx-dirs needs one folder per --students entry")
+    for i, student in enumerate(students):
+        label = _student_label(student)
+        student_dir = exported[i] if exported else tempfile.mkdtemp(prefix="student-onnx-")
+        _export_all(student, student_dir, "cross-encoder", calibration, "onnx-int8" in args.student_backends.split(","))
+        for b in args.student_backends.split(","):
+            runs[f"{b} {label}"] = _run_isolated(_rerank_worker, b, student, student_dir, work)
     ref = runs["torch"]["results"] if "torch" in runs else None
-    report = {"model": args.model, "queries": args.queries, "cpu_threads": os.cpu_count(), "depths": {}}
+    report = {"model": args.model, "students": students, "queries": args.queries, "cpu_threads": os.cpu_count(),
+              "depths": {}}
     for depth in depths:
         rows = {}
         for b, run in runs.items():
@@ -164,10 +189,11 @@ def bench_rerank(args) -> None:
                 row["speedup_vs_plain"] = rows["plain"]["p50_ms"] / row["p50_ms"]
         report["depths"][depth] = rows
         print(f"\ndepth {depth} ({args.queries} queries, {pairs // args.queries} pairs each)")
-        print(f"{'backend':<14} {'pairs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'peak MB':>8} {'speed-up':>8} "
+        width = max(14, *(len(b) + 1 for b in rows))
+        print(f"{'backend':<{width}} {'pairs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'peak MB':>8} {'speed-up':>8} "
               f"{'Spearman':>9} {'top-5':>6}")
         for b, row in rows.items():
-            print(f"{b:<14} {row['pairs_per_s']:>8.1f} {row['p50_ms']:>8.0f} {row['p95_ms']:>8.0f} "
+            print(f"{b:<{width}} {row['pairs_per_s']:>8.1f} {row['p50_ms']:>8.0f} {row['p95_ms']:>8.0f} "
                   f"{row['peak_mb']:>8.0f} {row.get('speedup_vs_plain', float('nan')):>7.2f}x "
                   f"{row.get('spearman', float('nan')):>9.4f} {row.get('top5_overlap', float('nan')):>6.3f}")
     if args.json:
@@ -277,6 +303,10 @@ def main() -> None:
     r.add_argument("--queries", type=int, default=20)
     r.add_argument("--depths", default="20,50,100")
     r.add_argument("--backends", default="plain,torch,torch-bf16,onnx,onnx-int8,openvino,openvino-int8")
+    r.add_argument("--students", default=None, help="Distilled model folders, comma-separated.")
+    r.add_argument("--student-onnx-dirs", default=None,
+                   help="Their exported folders (as --onnx-dir), comma-separated; default: exported here.")
+    r.add_argument("--student-backends", default="torch,openvino-int8")
     r.add_argument("--json", default=None)
     i = sub.add_parser("index")
     i.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
