@@ -1478,14 +1478,7 @@ def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, query_g
     started = time.perf_counter()
     device = _settings(ctx).device  # --device / ES_RERANK_DEVICE, as for the torch backends
     check_output(Path(out_dir), overwrite=overwrite)
-    if data_dir is None and synthetic is None:
-        raise click.UsageError("give --data DIR (judged queries) or --synthetic N (pseudo-queries), or both")
-    given = [f"--{n.replace('_', '-')}" for n in ("split", "dev_split", "max_train_queries")
-             if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
-    if synthetic is not None and given:
-        raise click.UsageError(f"{', '.join(given)} choose judged queries, and --synthetic trains on pseudo-queries "
-                               "only (with --data, the collection gives just the index): drop one or the other")
-    questions = _questions(ctx, query_generator, synthetic)
+    questions = _training_source(ctx, data_dir, synthetic, query_generator)
     if apply_it:
         _pipeline_target(ctx)  # the index to apply to exists and is ours: check before the long run
     config = TrainConfig(**{k: v for k, v in dict(
@@ -1582,6 +1575,19 @@ def _train_apply(ctx, data_dir, use_index, dev, model, *, force: bool, seed: int
             f"questions; {base.index} keeps it (the model is written: {model}). Add --force to apply it anyway"))
     with open_engine(base) as engine:
         _apply_pipeline(engine, base.index, verdict.pipeline, force=force)
+
+
+def _training_source(ctx, data_dir: str | None, synthetic: int | None, generator: str):
+    """Refuse a `train` command whose options name no training data, or both kinds; the LLM question
+    writer for --query-generator llm (None for judged queries or titles)."""
+    if data_dir is None and synthetic is None:
+        raise click.UsageError("give --data DIR (judged queries) or --synthetic N (pseudo-queries), or both")
+    given = [f"--{n.replace('_', '-')}" for n in ("split", "dev_split", "max_train_queries")
+             if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+    if synthetic is not None and given:
+        raise click.UsageError(f"{', '.join(given)} choose judged queries, and --synthetic trains on pseudo-queries "
+                               "only (with --data, the collection gives just the index): drop one or the other")
+    return _questions(ctx, generator, synthetic)
 
 
 def _questions(ctx, generator: str, synthetic: int | None):

@@ -145,6 +145,31 @@ def _candidates(searcher: Any, order: Sequence[str], held: Sequence[str], config
     return out
 
 
+def _dataset_and_loss(config: DistillConfig, student: Any, train: Sequence[str], candidates: Mapping[str, list[str]],
+                      labels: np.ndarray) -> tuple[Any, Any, int]:
+    """The training rows, the loss and the rows per step: one row per pair and ``MSELoss`` (mse), or one
+    row per query with its candidates and the teacher's logits as soft labels, and ``ListNetLoss``
+    (listnet). ``labels`` are the teacher's logits over ``train``'s candidates, in order."""
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder.losses import ListNetLoss, MSELoss
+
+    lists = [candidates[q][:config.depth] for q in train]
+    if config.loss == "mse":
+        dataset = Dataset.from_dict({"query": [q for q, docs in zip(train, lists) for _ in docs],
+                                     "passage": [d for docs in lists for d in docs],
+                                     "score": [float(x) for x in labels]})
+        return dataset, MSELoss(student), config.batch_size
+    rows, at = [], 0
+    for q, docs in zip(train, lists):
+        if len(docs) >= 2:
+            rows.append((q, docs, [float(x) for x in labels[at:at + len(docs)]]))
+        at += len(docs)
+    dataset = Dataset.from_dict({"query": [r[0] for r in rows], "docs": [r[1] for r in rows],
+                                 "labels": [r[2] for r in rows]})
+    per_step = max(1, round(config.batch_size / max(1.0, at / max(1, len(rows)))))
+    return dataset, ListNetLoss(student, mini_batch_size=32), per_step
+
+
 def distill(searcher: Any, queries: Sequence[str], config: DistillConfig, out: str | Path, *, overwrite: bool = False,
             card: Mapping[str, Any] | None = None, on_progress: Callable[[Progress], None] | None = None,
             on_query: Callable[[int, int], None] | None = None) -> TrainResult:
@@ -172,9 +197,7 @@ def distill(searcher: Any, queries: Sequence[str], config: DistillConfig, out: s
         raise TrainingRefusedError(f"distillation needs at least 5 distinct queries, got {len(queries)}",
                                    reason="too-few-queries", values=(str(len(queries)),))
     import torch
-    from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
-    from sentence_transformers.cross_encoder.losses import ListNetLoss, MSELoss
 
     from ..runtime import model_folder, resolve_model
 
@@ -199,21 +222,7 @@ def distill(searcher: Any, queries: Sequence[str], config: DistillConfig, out: s
     torch.manual_seed(config.seed)
     student = CrossEncoder(teacher_path, max_length=config.max_length, device=config.device)
     truncate(student, config.layers)
-    if config.loss == "mse":
-        dataset = Dataset.from_dict({"query": [p[0] for p in pairs], "passage": [p[1] for p in pairs],
-                                     "score": [float(x) for x in labels]})
-        loss, per_step = MSELoss(student), config.batch_size
-    else:  # one row per query: its candidates, and the teacher's logits as soft labels
-        rows, at = [], 0
-        for q in train:
-            docs = candidates[q][:config.depth]
-            if len(docs) >= 2:
-                rows.append((q, docs, [float(x) for x in labels[at:at + len(docs)]]))
-            at += len(docs)
-        dataset = Dataset.from_dict({"query": [r[0] for r in rows], "docs": [r[1] for r in rows],
-                                     "labels": [r[2] for r in rows]})
-        loss = ListNetLoss(student, mini_batch_size=32)
-        per_step = max(1, round(config.batch_size / max(1.0, len(pairs) / max(1, len(rows)))))
+    dataset, loss, per_step = _dataset_and_loss(config, student, train, candidates, labels)
     with atomic_folder(out, overwrite=overwrite) as folder:
         args = CrossEncoderTrainingArguments(
             output_dir=str(folder / "checkpoints"), num_train_epochs=config.epochs,
