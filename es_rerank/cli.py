@@ -1459,10 +1459,10 @@ def _with_training_options(fn):
 @click.option("--force", is_flag=True, help="With --apply: apply the trained model even when it does not win.")
 @click.pass_context
 @_fail_cleanly
-def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, query_generator, base, out_dir, overwrite, mine_depth, epochs,
-              batch_size, learning_rate, max_length, seed, use_index, reindex, progress, loss, skip_top,
-              negatives, eval_steps, patience, max_steps, min_queries, dev_fraction, max_train_queries, apply_it,
-              force):
+def train_cmd(ctx, data_dir, split, dev_split, holdout_split, synthetic, query_generator, base, out_dir, overwrite,
+              mine_depth, epochs, batch_size, learning_rate, max_length, seed, use_index, reindex, progress, loss,
+              skip_top, negatives, eval_steps, patience, max_steps, min_queries, dev_fraction, max_train_queries,
+              apply_it, force):
     """Fine-tune a cross-encoder on your judgments (or --synthetic pseudo-queries) and your index.
 
     Positives come from the qrels; hard negatives are the hybrid candidates not judged
@@ -1638,8 +1638,9 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, query_generator, 
     """
     from pathlib import Path
 
-    from .training.data import pseudo_query, sample_documents
+    from .training.data import sample_documents
     from .training.distill import DistillConfig, distill
+    from .training.questions import query_maker
     from .training.trainer import check_output
 
     started = time.perf_counter()
@@ -1664,13 +1665,9 @@ def distill_cmd(ctx, teacher, layers, queries_file, synthetic, query_generator, 
         if synthetic is not None:
             exclude = frozenset(d for q in holdout.qrels for d in holdout.qrels[q]) if holdout else frozenset()
             docs = sample_documents(searcher.engine, searcher.settings.index, synthetic, seed=seed, exclude=exclude)
-            if questions is None:
-                made = [pseudo_query(h.title, h.text) for h in docs]
-            else:
-                written = questions.write(docs)
-                made = [written[h.doc_id] for h in docs]
+            queries = [q for q in map(query_maker(docs, questions), docs) if len(q.split()) >= 2]
+            if questions is not None:
                 _echo(_questions_line(questions), err=True)
-            queries = [q for q in made if len(q.split()) >= 2]
         bar, update = _query_bar("retrieving candidates", progress)
         try:
             result = distill(searcher, queries, config, out_dir, overwrite=overwrite,

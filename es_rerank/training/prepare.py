@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import TrainingRefusedError
 from .data import (DevQuery, Group, SyntheticReport, check_disjoint, documents_in_order, fingerprint,
-                   first_passages, hard_negatives, held_out_slice, sample_documents, synthetic_groups,
-                   title_query)
+                   first_passages, hard_negatives, held_out_slice, sample_documents, synthetic_groups)
+from .questions import query_maker
 
 logger = logging.getLogger(__name__)
 
@@ -167,10 +167,7 @@ def synthetic(searcher: Any, n: int, *, depth: int, skip_top: int, negatives: in
     """
     exclude = frozenset(d for q in holdout.qrels for d in holdout.qrels[q]) if holdout else frozenset()
     docs = sample_documents(searcher.engine, searcher.settings.index, n, seed=seed, exclude=exclude)
-    make_query = title_query
-    if questions is not None:
-        written = questions.write(docs)
-        make_query = lambda doc: written[doc.doc_id]  # noqa: E731
+    make_query = query_maker(docs, questions)
     groups, report = synthetic_groups(docs, _retrieve(searcher), depth=depth, skip_top=skip_top,
                                       negatives=negatives, exclude=exclude, make_query=make_query)
     if len(groups) < 2:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..rerankers.llm import (CLOSE_MARK, OPEN_MARK, POINTWISE_MAX_CHARS, LLMClient, LLMConfig, fence, reply_text,
                              reply_usage, shorten)
@@ -118,3 +118,14 @@ class LLMQuestions:
         return {"generator": "llm", "llm_model": self.config.model, "llm_api": self.config.api,
                 "llm_requests": self.requests, "llm_prompt_tokens": self.prompt_tokens,
                 "llm_completion_tokens": self.completion_tokens, "llm_unusable_replies": self.unusable}
+
+
+def query_maker(docs: Sequence[Hit], questions: LLMQuestions | None) -> Callable[[Hit], str]:
+    """Each of ``docs``' pseudo-query: its title (or leading sentence), or with ``questions`` what the
+    LLM wrote for it (asked here, for all of ``docs`` at once)."""
+    from .data import title_query
+
+    if questions is None:
+        return title_query
+    written = questions.write(docs)
+    return lambda doc: written[doc.doc_id]
